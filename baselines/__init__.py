@@ -1,0 +1,1 @@
+"""Baselines: search strategies and hand-designed decoders on the FDN space (imported as nni_sparsemask.baselines)."""
