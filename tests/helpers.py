@@ -1,0 +1,13 @@
+"""Small shared builders for the tests (tiny shapes so the suite runs in minutes on 2 CPU cores)."""
+from nni_sparsemask.backbones import FeatureInfo
+
+TINY = {"backbone": "mobilenet_v2", "backbone_kwargs": {"width_mult": 0.25}}
+
+# MobileNetV2's nine stages (channels at width 1.0, reductions).
+MNV2_INFO = [FeatureInfo(c, r) for c, r in
+             [(32, 2), (16, 2), (24, 4), (32, 8), (64, 16), (96, 16), (160, 32), (320, 32), (1280, 32)]]
+RESNET_INFO = [FeatureInfo(c, r) for c, r in [(64, 2), (64, 4), (128, 8), (256, 16), (512, 32)]]
+
+
+def small_info(reductions=(2, 4, 8, 16), channels=(4, 6, 8, 10)):
+    return [FeatureInfo(c, r) for c, r in zip(channels, reductions)]
