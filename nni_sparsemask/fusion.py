@@ -1,0 +1,125 @@
+"""One decoder stage of the Fully Dense Network, Eq. 4 of the paper:
+
+    D_l = sum_{t in T_l} w_t * up(bn_t(conv_t(relu6(t))))
+
+Theorems 1 and 2 (supplementary A) make this equal to the naive "upsample every input, concatenate, one 1x1
+convolution": a 1x1 convolution over a concatenation is the sum of 1x1 convolutions over the parts, and a 1x1
+convolution (pointwise, affine) commutes with bilinear upsampling (a per-pixel convex combination). So each edge
+is convolved at its SOURCE resolution and only the C_dec-channel result is upsampled. Upsampling is linear too, so
+edges whose sources share a resolution are summed first and upsampled once (:func:`fuse`). The global-pool
+feature G is 1x1 and is broadcast, never interpolated.
+
+Each edge is pre-activated with ReLU6 (as the paper's code does), so decoder-to-decoder edges are not linear in the
+encoder features. :func:`naive_stage_forward` keeps the upsample -> concat -> conv reference for the equivalence
+test and the memory benchmark; it folds eval-mode BN into the convolution. In training mode the two forms differ:
+BN statistics are taken at the source resolution in the efficient form and would be taken at the target
+resolution after upsampling in a naive form with BN.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["EdgeConv", "FusionStage", "fuse", "resize_to", "naive_stage_forward"]
+
+
+class EdgeConv(nn.Module):
+    """One FDN edge before the weighted sum: ReLU6 -> 1x1 conv -> BN (search form) at the source resolution.
+
+    ``bn=False`` gives the final (pruned) form: a 1x1 convolution with bias and no normalisation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bn: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=not bn)
+        self.bn = nn.BatchNorm2d(out_channels) if bn else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(F.relu6(x))
+        if self.bn is not None:
+            if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+                raise ValueError(
+                    "batch size 1 in training: the per-edge BN on a 1x1 feature (the global-pool feature G) needs "
+                    "at least 2 values per channel; train with batch size >= 2 or build the space with edge_bn=False"
+                )
+            x = self.bn(x)
+        return x
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bring ``x`` to spatial ``size``: identity, broadcast for a 1x1 map (G), else bilinear."""
+    h, w = int(size[0]), int(size[1])
+    if x.shape[-2] == h and x.shape[-1] == w:
+        return x
+    if x.shape[-2] == 1 and x.shape[-1] == 1:
+        return x.expand(x.shape[0], x.shape[1], h, w)
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def fuse(tensors: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    """Sum edge outputs of possibly different resolutions at ``size``, upsampling once per source resolution.
+
+    ``sum_t up(x_t) = sum_r up(sum_{t at resolution r} x_t)`` because bilinear upsampling is linear.
+    """
+    if len(tensors) == 0:
+        raise ValueError("a decoder stage needs at least one input")
+    groups: dict[tuple[int, int], torch.Tensor] = {}
+    for x in tensors:
+        key = (int(x.shape[-2]), int(x.shape[-1]))
+        groups[key] = groups[key] + x if key in groups else x
+    out = None
+    for part in groups.values():
+        part = resize_to(part, size)
+        out = part if out is None else out + part
+    return out
+
+
+class FusionStage(nn.Module):
+    """A decoder stage with fixed inputs (the pruned network): ``D = fuse([edge_t(x_t)], size)``."""
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, bn: bool = False):
+        super().__init__()
+        if len(in_channels) == 0:
+            raise ValueError("a decoder stage needs at least one input")
+        self.edges = nn.ModuleList([EdgeConv(c, out_channels, bn=bn) for c in in_channels])
+
+    def forward(self, inputs: list[torch.Tensor], size: list[int]) -> torch.Tensor:
+        return fuse([edge(x) for edge, x in zip(self.edges, inputs)], size)
+
+
+def _folded_affine(edge: EdgeConv, weight: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1x1 kernel and bias of ``w * bn(conv(.))`` with BN in eval form: ``scale = gamma / sqrt(var + eps)``."""
+    kernel = edge.conv.weight[:, :, 0, 0]
+    bias = edge.conv.bias if edge.conv.bias is not None else torch.zeros_like(kernel[:, 0])
+    if edge.bn is not None:
+        bn = edge.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        kernel = kernel * scale[:, None]
+        bias = (bias - bn.running_mean) * scale + bn.bias
+    return kernel * weight, bias * weight
+
+
+def naive_stage_forward(
+    inputs: Sequence[torch.Tensor],
+    edges: Sequence[EdgeConv],
+    weights: Sequence[float] | torch.Tensor,
+    size: Sequence[int],
+) -> torch.Tensor:
+    """Reference form: ReLU6 each input, upsample ALL of them to ``size``, concatenate, one 1x1 convolution.
+
+    The concatenated kernel is ``[w_t * scale_t * W_t]_t`` and the bias ``sum_t w_t (scale_t (b_t - mean_t) +
+    beta_t)``. Valid for BN in eval mode (or no BN): in training mode BN statistics would depend on the resolution.
+    """
+    if any(e.bn is not None and e.bn.training for e in edges):
+        raise ValueError("the naive reference folds BN and needs eval-mode BN: call .eval() first")
+    upsampled = [
+        F.interpolate(F.relu6(x), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+        for x in inputs
+    ]
+    parts = [_folded_affine(e, w) for e, w in zip(edges, weights)]
+    kernel = torch.cat([k for k, _ in parts], dim=1)
+    bias = torch.stack([b for _, b in parts]).sum(0)
+    return F.conv2d(torch.cat(upsampled, dim=1), kernel[:, :, None, None], bias)
