@@ -1,0 +1,94 @@
+"""The final network of a (pruned) connectivity: a plain ``nn.Module`` with only the live edges.
+
+After pruning, w and the per-edge BN of Eq. 4 are removed (section 3.3): every edge is ReLU6 -> 1x1 conv (with
+bias) at the source resolution, and each stage sums its edges with one upsampling per source resolution. No NNI
+is needed to run it; it exports with ``torch.export.export`` (tested), which is the supported deployment path.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import Encoder, build_backbone
+from .connectivity import Connectivity
+from .fusion import FusionStage
+from .space import SegmentationHead, check_model_args
+
+__all__ = ["PrunedFDN", "build_pruned", "decoder_parameter_count"]
+
+
+class PrunedFDN(nn.Module):
+    """Encoder + the live decoder stages of ``connectivity`` + head; ``forward(x) -> logits at the input size``."""
+
+    def __init__(self, encoder: Encoder, connectivity: Connectivity, num_classes: int, decoder_channels: int = 64,
+                 edge_bn: bool = False):
+        super().__init__()
+        check_model_args(num_classes, decoder_channels)
+        if [(f.channels, f.reduction) for f in encoder.feature_info] != \
+                [(f.channels, f.reduction) for f in connectivity.feature_info]:
+            raise ValueError(
+                f"connectivity was made for backbone {connectivity.backbone!r} "
+                f"{connectivity.backbone_kwargs or ''} with stages "
+                f"{[(f.channels, f.reduction) for f in connectivity.feature_info]}, but the encoder "
+                f"{encoder.name!r} has {[(f.channels, f.reduction) for f in encoder.feature_info]}; "
+                f"use conn.transfer({encoder.name!r}) to move it to this backbone"
+            )
+        self.encoder = encoder
+        self.connectivity = connectivity
+        self.num_classes = num_classes
+        self.decoder_channels = decoder_channels
+        channels = {f"E{i}": f.channels for i, f in enumerate(encoder.feature_info, start=1)}
+        channels["G"] = encoder.feature_info[-1].channels
+        self.stage_names = connectivity.stages()
+        self.stage_inputs = {s: connectivity.inputs(s) for s in self.stage_names}
+        self.decoder = nn.ModuleDict()
+        for s in self.stage_names:
+            in_ch = [channels.get(src, decoder_channels) for src in self.stage_inputs[s]]
+            self.decoder[s] = FusionStage(in_ch, decoder_channels, bn=edge_bn)
+        self.output = connectivity.output
+        self.head = SegmentationHead(decoder_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = [int(x.shape[-2]), int(x.shape[-1])]
+        features, g = self.encoder(x)
+        outputs = {f"E{i}": f for i, f in enumerate(features, start=1)}
+        outputs["G"] = g
+        for s in self.stage_names:
+            level = int(s[1:])
+            target = [int(features[level - 1].shape[-2]), int(features[level - 1].shape[-1])]
+            outputs[s] = self.decoder[s]([outputs[src] for src in self.stage_inputs[s]], target)
+        return self.head(outputs[self.output], size)
+
+
+def build_pruned(
+    connectivity: Connectivity,
+    num_classes: int,
+    decoder_channels: int = 64,
+    backbone_weights: str | os.PathLike | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    encoder: Encoder | None = None,
+) -> PrunedFDN:
+    """Build the final network of ``connectivity`` (prune it first: every edge given here is built).
+
+    The encoder is built from ``connectivity.backbone`` (and its ``backbone_kwargs`` unless overridden) or passed
+    in ready-made, e.g. a pre-trained one; a mismatch with the connectivity's stages is a ``ValueError``.
+    """
+    if not isinstance(connectivity, Connectivity):
+        raise ValueError(f"build_pruned needs a Connectivity, got {type(connectivity).__name__}")
+    if encoder is None:
+        kwargs = dict(connectivity.backbone_kwargs if backbone_kwargs is None else backbone_kwargs)
+        encoder = build_backbone(connectivity.backbone, weights=backbone_weights, **kwargs)
+    return PrunedFDN(encoder, connectivity, num_classes, decoder_channels)
+
+
+def decoder_parameter_count(connectivity: Connectivity, num_classes: int, decoder_channels: int = 64) -> int:
+    """Parameters of the pruned decoder + head by formula: each edge C_src*C + C, the head C*K + K."""
+    c = decoder_channels
+    channels = {f"E{i}": f.channels for i, f in enumerate(connectivity.feature_info, start=1)}
+    channels["G"] = connectivity.feature_info[-1].channels
+    stages = set(connectivity.stages())
+    total = sum(channels.get(e.source, c) * c + c for e in connectivity.edges if e.target in stages)
+    return total + c * num_classes + num_classes
