@@ -1,0 +1,91 @@
+"""SparseMask's losses on the connection weights w (section 3.2, Eq. 2-3 and 5), as pure functions.
+
+Notation: ``w`` is the 1-D tensor of the weights w_l = {w_t^l, t in T_l} of one decoder stage (one
+``InputChoice``), each in [0, 1]; ``mu(.)`` is the mean; ``eps`` keeps the logarithms finite.
+
+    Lm(p, q)     = -p log q - (1 - p) log(1 - q),   q clamped to [eps, 1 - eps]
+    L_bp(w)      = mu(Lm(w, w))                     binary part: pushes every w_t towards 0 or 1 (Fig. 2a)
+    L_sp(w, a)   = Lm(a, mu(w))                     sparse part: pulls the mean of w towards a (Fig. 2b)
+    L_s(w, a)    = L_bp(w) + L_sp(w, a)             Eq. 2
+    a_l          = min(2 / |T_l|, 0.5)              Eq. 5: each stage tends to keep about two inputs
+    L1(w)        = sum_t |w_t|                      the L1 baseline of Fig. 4
+
+Nothing here knows about NNI; the strategy sums these over stages (Eq. 3: L = L_task + lambda sum_l L_s).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["DEFAULT_EPS", "lm", "binary_loss", "sparsity_loss", "sparse_loss", "alpha_rule", "l1_loss"]
+
+DEFAULT_EPS = 1e-6
+
+
+def _check_eps(eps: float) -> None:
+    if not (0.0 < eps < 0.5):
+        raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
+
+
+def _check_alpha(alpha: float) -> None:
+    if isinstance(alpha, torch.Tensor):
+        alpha = float(alpha)
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0.0 < alpha < 1.0):
+        raise ValueError(f"alpha (the target mean of w) must be a number in (0, 1), got {alpha!r}")
+
+
+def _check_w(w: torch.Tensor) -> None:
+    if not isinstance(w, torch.Tensor):
+        raise ValueError(f"w must be a torch.Tensor of connection weights, got {type(w).__name__}")
+    if w.numel() == 0:
+        raise ValueError("w is empty: a stage needs at least one candidate input")
+
+
+def lm(p: torch.Tensor | float, q: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """Element-wise binary cross entropy ``Lm(p, q) = -p log q - (1 - p) log(1 - q)``.
+
+    ``q`` is clamped to ``[eps, 1 - eps]`` so that q in {0, 1} (exact after the [0, 1] clamp of w) stays
+    finite; in the clamped region the gradient flows through ``p`` only. ``p`` is used as is.
+    """
+    _check_eps(eps)
+    q = q.clamp(eps, 1.0 - eps)
+    return -p * torch.log(q) - (1.0 - p) * torch.log1p(-q)
+
+
+def binary_loss(w: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """Binary part ``L_bp(w) = mean_t Lm(w_t, w_t)`` (the entropy of each w_t, averaged).
+
+    Its minima are w_t in {0, 1}; the derivative is ``log((1 - w_t) / w_t) / |w|``: w_t < 0.5 is pushed
+    down to 0 and w_t > 0.5 up to 1.
+    """
+    _check_w(w)
+    return lm(w, w, eps).mean()
+
+
+def sparsity_loss(w: torch.Tensor, alpha: float, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """Sparse part ``L_sp(w, alpha) = Lm(alpha, mean(w))``, minimal when ``mean(w) = alpha``.
+
+    ``alpha`` must lie in (0, 1); use :func:`alpha_rule` for the paper's choice.
+    """
+    _check_w(w)
+    _check_alpha(alpha)
+    return lm(float(alpha), w.mean(), eps)
+
+
+def sparse_loss(w: torch.Tensor, alpha: float, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """Eq. 2: ``L_s(w, alpha) = mean(Lm(w, w)) + Lm(alpha, mean(w)) = L_bp(w) + L_sp(w, alpha)``."""
+    return binary_loss(w, eps) + sparsity_loss(w, alpha, eps)
+
+
+def alpha_rule(n_candidates: int) -> float:
+    """Eq. 5: ``alpha_l = min(2 / |T_l|, 0.5)`` for a stage with ``n_candidates = |T_l|`` inputs."""
+    if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
+        raise ValueError(f"the number of candidate inputs must be an integer >= 1, got {n_candidates!r}")
+    return min(2.0 / n_candidates, 0.5)
+
+
+def l1_loss(w: torch.Tensor) -> torch.Tensor:
+    """L1 baseline: ``L1(w) = sum_t |w_t|`` (the strategy multiplies it by lambda)."""
+    _check_w(w)
+    return w.abs().sum()
