@@ -1,0 +1,138 @@
+"""Efficient Eq. 4 fusion vs the naive upsample -> concat -> conv, on the full FDN decoder (every edge on).
+
+Both forms share the same weights (the FDN space with ``edge_bn=False``): the efficient one is the space's own
+dense forward (1x1 conv at the source resolution, one upsample per source resolution); the naive one upsamples
+every ReLU6'd input to the stage's resolution, concatenates and applies the concatenated 1x1 kernel. The encoder
+runs once under ``no_grad`` and its features are shared, so peak memory and time are the DECODER's forward+backward.
+Each form runs in its own subprocess so that CPU peak RSS is measured cleanly (on CUDA: max_memory_allocated).
+
+    python benchmarks/fusion.py --size 512 --device cuda
+    python benchmarks/fusion.py --size 256 --device cpu --threads 2
+
+Prints both measurements and the efficient / naive ratios, with the device, input size and batch size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def naive_decoder(space, features, g):
+    """Upsample every input to the stage resolution, concatenate, one 1x1 conv (no BN: the space has edge_bn=False)."""
+    from nni_sparsemask.connectivity import candidate_names
+
+    outs = {f"E{i}": f for i, f in enumerate(features, start=1)}
+    outs["G"] = g
+    for l in range(space.num_stages, 0, -1):
+        label = f"D{l}"
+        size = features[l - 1].shape[-2:]
+        names = candidate_names(l, space.num_stages)
+        ups = [F.interpolate(F.relu6(outs[n]), size=size, mode="bilinear", align_corners=False) for n in names]
+        kernel = torch.cat([e.conv.weight for e in space.edges[label]], dim=1)
+        bias = torch.stack([e.conv.bias for e in space.edges[label]]).sum(0)
+        outs[label] = F.conv2d(torch.cat(ups, dim=1), kernel, bias)
+    return outs["D1"]
+
+
+def efficient_decoder(space, features, g):
+    from nni_sparsemask.connectivity import candidate_names
+    from nni_sparsemask.fusion import fuse
+
+    outs = {f"E{i}": f for i, f in enumerate(features, start=1)}
+    outs["G"] = g
+    for l in range(space.num_stages, 0, -1):
+        label = f"D{l}"
+        names = candidate_names(l, space.num_stages)
+        edges = space.edges[label]
+        outs[label] = fuse([e(outs[n]) for e, n in zip(edges, names)], features[l - 1].shape[-2:])
+    return outs["D1"]
+
+
+def run_one(form: str, args) -> dict:
+    from nni_sparsemask import FDNSpace
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    space = FDNSpace(num_classes=21, decoder_channels=args.channels, edge_bn=False,
+                     backbone_kwargs={"width_mult": args.width}).to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    with torch.no_grad():
+        features, g = space.encoder(x)
+    decoder = naive_decoder if form == "naive" else efficient_decoder
+
+    def step():
+        out = decoder(space, features, g)
+        out.float().square().mean().backward()
+        return out
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # CPU: ru_maxrss is a high-water mark, so the baseline is taken before the first decoder step.
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = step()  # warm-up (allocator, kernels)
+    space.zero_grad(set_to_none=False)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = base_rss
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+        space.zero_grad(set_to_none=False)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    times.sort()
+    return {"form": form, "peak_bytes": int(peak), "median_s": times[len(times) // 2],
+            "checksum": float(out.double().sum()), "device": torch.cuda.get_device_name(0) if device.type == "cuda"
+            else f"CPU ({args.threads} threads)"}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--channels", type=int, default=64, help="decoder channels C_dec")
+    p.add_argument("--width", type=float, default=1.0, help="MobileNetV2 width multiplier")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--form", choices=["naive", "efficient"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.form:  # child process
+        print(json.dumps(run_one(args.form, args)))
+        return
+    results = {}
+    for form in ("efficient", "naive"):
+        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--form", form]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{form} run failed:\n{proc.stderr[-2000:]}")
+        results[form] = json.loads(proc.stdout.strip().splitlines()[-1])
+    eff, nai = results["efficient"], results["naive"]
+    print(f"FDN decoder forward+backward, MobileNetV2 x{args.width}, all 90 edges, C_dec={args.channels}, "
+          f"input {args.size}x{args.size}, batch {args.batch}, device: {eff['device']}")
+    print(f"{'form':<10} {'peak MiB':>10} {'median ms':>10}")
+    for r in (eff, nai):
+        print(f"{r['form']:<10} {r['peak_bytes'] / 2**20:>10.1f} {r['median_s'] * 1e3:>10.1f}")
+    print(f"ratio efficient/naive: memory {eff['peak_bytes'] / max(nai['peak_bytes'], 1):.3f}, "
+          f"time {eff['median_s'] / nai['median_s']:.3f}")
+    rel = abs(eff["checksum"] - nai["checksum"]) / max(abs(nai["checksum"]), 1e-12)
+    print(f"outputs agree: relative checksum difference {rel:.2e}")
+
+
+if __name__ == "__main__":
+    main()
