@@ -14,7 +14,7 @@ def _pil_pair(h=10, w=14):
     lab = np.zeros((h, w), np.uint8)
     lab[:, : w // 2] = 1
     lab[0, :] = 255
-    mask = Image.fromarray(lab, "P")
+    mask = Image.frombytes("P", (w, h), lab.tobytes())
     mask.putpalette([0, 0, 0, 128, 0, 0] + [0] * (256 * 3 - 6))
     return img, mask
 

@@ -71,7 +71,7 @@ def _image_to_tensor(image: Any) -> Tensor:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"image array must be (H, W, 3) or (H, W), got {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    t = torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # np.array copies: PIL arrays are read-only
     return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
 
 
