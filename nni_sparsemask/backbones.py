@@ -186,6 +186,39 @@ def _vgg(arch: str):
     return build
 
 
+def _convnet(weights=None, widths: tuple[int, ...] = (16, 32, 64, 96, 128), **kwargs) -> Encoder:
+    """A plain VGG-style CNN for CPU demos: per stage conv3x3(stride 2)-BN-ReLU, conv3x3-BN-ReLU.
+
+    Stage i has reduction 2^i. On the small DigitScenes images it learns in minutes on a CPU, where MobileNetV2
+    from scratch stays at chance (design.md). ``weights`` is a local state_dict of this Encoder (e.g. from
+    ``sparsemask pretrain``).
+    """
+    if kwargs:
+        raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+    widths = tuple(int(w) for w in widths)
+    if not widths or min(widths) < 1:
+        raise ValueError(f"convnet widths must be positive integers, got {widths}")
+
+    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    stages, cin = [], 3
+    for w in widths:
+        stages.append(nn.Sequential(*block(cin, w, 2), *block(w, w, 1)))
+        cin = w
+    encoder = Encoder("convnet", stages)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file not found: {path}; run `sparsemask pretrain` first")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            encoder.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"weights file {path} does not fit convnet{widths}: {str(err).splitlines()[0]}") from None
+    return encoder
+
+
 _REGISTRY: dict[str, Callable[..., Encoder]] = {}
 
 
@@ -197,6 +230,7 @@ def register_backbone(name: str, builder: Callable[..., Encoder]) -> None:
 
 
 register_backbone("mobilenet_v2", _mobilenet_v2)
+register_backbone("convnet", _convnet)
 for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
     register_backbone(_arch, _resnet(_arch))
 for _arch in ("vgg16", "vgg16_bn"):

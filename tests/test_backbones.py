@@ -80,3 +80,16 @@ def test_weights_file_of_another_architecture_is_rejected(tmp_path):
     torch.save(mobilenet_v2(width_mult=0.5).state_dict(), path)
     with pytest.raises(ValueError, match="does not fit backbone .*size mismatch"):
         build_backbone("mobilenet_v2", weights=str(path), width_mult=0.25)
+
+
+def test_convnet_for_cpu_demos_and_its_weights_round_trip(tmp_path):
+    enc = build_backbone("convnet", widths=(4, 8, 12))
+    assert [(f.channels, f.reduction) for f in enc.feature_info] == [(4, 2), (8, 4), (12, 8)]
+    path = tmp_path / "convnet.pth"
+    torch.save(enc.state_dict(), path)
+    again = build_backbone("convnet", weights=str(path), widths=(4, 8, 12))
+    assert torch.equal(again.stages[2][0].weight, enc.stages[2][0].weight)
+    with pytest.raises(ValueError, match="does not fit"):
+        build_backbone("convnet", weights=str(path), widths=(4, 8, 16))
+    with pytest.raises(ValueError, match="positive"):
+        build_backbone("convnet", widths=(4, 0))
