@@ -187,3 +187,26 @@ def test_measure_fps_on_cpu():
     assert "FPS" in text and "16x12" in text and "batch of 2" in text and "threads" in text
     with pytest.raises(ValueError):
         measure_fps(model, input_size=(0, 4), device="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_metrics_and_fps_on_cuda():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (2, 32, 32), generator=g)
+    target[:, 0] = 255
+    logits = torch.randn(2, 4, 32, 32, generator=g)
+    cpu, gpu = SegmentationMetrics(4), SegmentationMetrics(4)
+    cpu.update(logits, target)
+    gpu.update(logits.cuda(), target.cuda())
+    assert torch.equal(gpu.confusion_matrix.cpu(), cpu.confusion_matrix)
+    assert gpu.compute().miou == pytest.approx(cpu.compute().miou)
+    e_cpu, e_gpu = EdgeMetrics(num_thresholds=9, tolerance=1), EdgeMetrics(num_thresholds=9, tolerance=1)
+    prob, edge = torch.rand(2, 16, 16, generator=g), (torch.rand(2, 16, 16, generator=g) > 0.8).float()
+    e_cpu.update(prob, edge)
+    e_gpu.update(prob.cuda(), edge.cuda())
+    assert e_gpu.compute().ods == pytest.approx(e_cpu.compute().ods)
+    model = _Tiny()
+    r = measure_fps(model, input_size=(64, 64), batch_size=4, device="cuda", warmup=3, min_run_time=0.2)
+    assert r.device.startswith("cuda:") and r.fps > 0 and r.batch_size == 4
+    print(r)
