@@ -195,8 +195,9 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
         """One ``SparseMixedInput`` per label (modules sharing a label share w), in model order."""
         out: dict[str, SparseMixedInput] = {}
         for m in self.supernet_modules():
-            if isinstance(m, SparseMixedInput) and m.label not in out:
-                out[m.label] = m
+            # plain str keys: NNI's labels are a str subclass that torch.load(weights_only=True) refuses
+            if isinstance(m, SparseMixedInput) and str(m.label) not in out:
+                out[str(m.label)] = m
         return out
 
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -523,7 +524,7 @@ class SparseMask(OneShotStrategy):
                 raise ValueError("the evaluator already sets fit_kwargs['ckpt_path'] and run_dir "
                                  f"{self.run_dir} holds a checkpoint: give one of them, not both")
             mutated.fit_kwargs = {**mutated.fit_kwargs, "ckpt_path": str(self._resume_from)}
-            state = torch.load(self._resume_from, map_location="cpu", weights_only=False).get("sparsemask")
+            state = torch.load(self._resume_from, map_location="cpu", weights_only=True).get("sparsemask")
             if state is None:
                 raise ValueError(f"{self._resume_from} was not written by SparseMask; delete it or use a new run_dir")
             module = mutated.module

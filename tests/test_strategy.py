@@ -236,3 +236,10 @@ def test_run_dir_guards(tmp_path):
     (tmp_path / RESULT_FILE).unlink()  # an unfinished run with another configuration
     with pytest.raises(ValueError, match="another SparseMask configuration.*lambda_sparse"):
         search(epochs=1, n_train=64, run_dir=tmp_path, lambda_sparse=0.1)
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    # newer Lightning loads checkpoints with torch.load(weights_only=True): no NNI objects may be pickled
+    search(epochs=1, n_train=64, run_dir=tmp_path)
+    ckpt = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    assert type(next(iter(ckpt["sparsemask"]["history"][0]))) is str
