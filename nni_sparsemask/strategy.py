@@ -41,7 +41,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from torch import nn
 
 from .losses import DEFAULT_EPS, alpha_rule, binary_loss, l1_loss, sparsity_loss
-from .supermodule import SparseMixedInput, is_multi_input_choice
+from .supermodule import SparseMixedInput, init_arch_weights
 
 __all__ = ["SparseMask", "SparseMaskConfig", "SparseMaskLightningModule", "binarization_report",
            "LOSSES", "OPTIMIZATIONS"]
@@ -455,10 +455,10 @@ class SparseMask(OneShotStrategy):
                 raise ValueError(f"SparseMask supports categorical choices only, but {label!r} is "
                                  f"{type(mutable).__name__}")
             memo[label] = nn.Parameter(torch.randn(len(mutable.values), generator=generator) * 1e-3)
+        space = model.simplify()
         for label in multi:
-            from .supermodule import init_arch_weights
-            n = len(model.simplify()[label].values)
-            memo[label] = init_arch_weights(n, self.config.init, self.config.init_noise, generator)
+            memo[label] = init_arch_weights(len(space[label].values), self.config.init, self.config.init_noise,
+                                            generator)
         self._arch_memo = memo
         return super().mutate_model(model)
 
