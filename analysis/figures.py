@@ -1,0 +1,173 @@
+"""Fig. 4 (accuracy vs speed / size, with Pareto fronts) and the binarisation-gap bar plot.
+
+Plots are built on ``matplotlib.figure.Figure`` directly (the Agg canvas, no pyplot, no display, no global
+state) and returned, so callers and tests can inspect them; :func:`save_figure` writes a PNG.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from .table import format_gap, group_labels, params_unit, summarize
+
+__all__ = ["plot_tradeoff", "plot_binarization_gap", "pareto_front", "save_figure", "family_style"]
+
+# (colour, marker, size) per family kind; MaskConnect and L1 shade by hyper-parameter rank instead.
+_STYLE = {
+    "sparsemask": ("#d62728", "*", 220),
+    "rand": ("#7f7f7f", "o", 28),
+    "rand_rule": ("#bcbd22", "s", 28),
+    "maskconnect": (None, "^", 60),
+    "l1": (None, "D", 50),
+    "hand": ("#000000", "P", 80),
+    "ablation": ("#ff7f0e", "X", 80),
+    "other": ("#e377c2", "v", 50),
+}
+_RAMPS = {"maskconnect": "Blues", "l1": "Purples"}
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 130) -> Path:
+    """Write ``fig`` as PNG (creating the folder) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def family_style(summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """``{label: {'color', 'marker', 's'}}`` for the rows of :func:`.table.summarize`."""
+    styles: dict[str, dict[str, Any]] = {}
+    for kind, ramp in _RAMPS.items():
+        labels = list(summary.loc[summary["kind"] == kind, "label"])
+        cmap = colormaps[ramp]
+        for i, label in enumerate(labels):
+            shade = 0.45 + 0.5 * (i / max(1, len(labels) - 1)) if len(labels) > 1 else 0.75
+            styles[label] = {"color": cmap(shade), "marker": _STYLE[kind][1], "s": _STYLE[kind][2]}
+    for _, row in summary.iterrows():
+        if row["label"] not in styles:
+            color, marker, size = _STYLE.get(row["kind"], _STYLE["other"])
+            styles[row["label"]] = {"color": color, "marker": marker, "s": size}
+    return styles
+
+
+def pareto_front(x: Iterable[float], y: Iterable[float], x_higher_better: bool) -> np.ndarray:
+    """Indices of the non-dominated points (higher ``y`` better; higher or lower ``x`` better), sorted by x.
+
+    Non-finite points are ignored. A point is dominated when another is at least as good in both and
+    strictly better in one; of exact duplicates one is kept.
+    """
+    x, y = np.asarray(list(x), float), np.asarray(list(y), float)
+    sx = x if x_higher_better else -x
+    keep = []
+    for i in np.flatnonzero(np.isfinite(x) & np.isfinite(y)):
+        others = np.isfinite(x) & np.isfinite(y)
+        others[i] = False
+        better_eq = (sx >= sx[i]) & (y >= y[i]) & others
+        strictly = better_eq & ((sx > sx[i]) | (y > y[i]))
+        duplicate_before = better_eq & ~strictly & (np.arange(len(x)) < i)
+        if not strictly.any() and not duplicate_before.any():
+            keep.append(i)
+    keep = np.asarray(keep, dtype=int)
+    return keep[np.argsort(x[keep], kind="stable")]
+
+
+def _draw_front(ax, x: np.ndarray, y: np.ndarray, x_higher_better: bool) -> None:
+    idx = pareto_front(x, y, x_higher_better)
+    if len(idx) == 0:
+        return
+    # Staircase bounding the dominated region: for higher-x-better the value holds leftwards ('pre'),
+    # for lower-x-better it holds rightwards ('post').
+    ax.step(x[idx], y[idx], where="pre" if x_higher_better else "post", color="#444444", linestyle="--",
+            linewidth=1.2, zorder=1, label="Pareto front")
+
+
+def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder size (Fig. 4)") -> Figure:
+    """Fig. 4: mIoU vs FPS (left) and mIoU vs decoder parameters (right), one point per run.
+
+    One colour/marker per strategy family (MaskConnect k and L1 lambda in shades of one colour each);
+    hand-designed decoders and FDN ablations are labelled by name at their mean. The dashed step line is the
+    Pareto front (higher mIoU and higher FPS, resp. fewer parameters, is better). One legend for both panels
+    sits below them. Each family is one scatter collection per panel.
+    """
+    if df.empty:
+        raise ValueError("no runs to plot")
+    summary = summarize(df)
+    styles = family_style(summary)
+    work = df.copy()
+    work["label"] = group_labels(work)
+    unit = params_unit(list(work["params_decoder"]))
+    div = 1e6 if unit == "M" else 1e3
+    work["dec"] = work["params_decoder"] / div
+    work["miou_pct"] = work["miou"] * 100
+
+    fig = Figure(figsize=(12, 5.6), layout="constrained")
+    ax_fps, ax_par = fig.subplots(1, 2, sharey=True)
+    dec_pos = work["dec"][work["dec"] > 0]
+    log_params = len(dec_pos) > 1 and dec_pos.max() / dec_pos.min() > 30
+    for ax, xcol, higher in ((ax_fps, "fps", True), (ax_par, "dec", False)):
+        for label in summary["label"]:
+            sub = work[work["label"] == label]
+            st = styles[label]
+            ax.scatter(sub[xcol], sub["miou_pct"], c=[st["color"]], marker=st["marker"], s=st["s"],
+                       edgecolors="white" if st["marker"] != "*" else "black", linewidths=0.5, alpha=0.9,
+                       label=label, zorder=3 if st["marker"] == "*" else 2)
+            kind = sub["kind"].iloc[0]
+            if kind in ("hand", "ablation") and sub[xcol].notna().any():
+                ax.annotate(label, (sub[xcol].mean(), sub["miou_pct"].mean()), xytext=(5, 4),
+                            textcoords="offset points", fontsize=8, color="#222222")
+        _draw_front(ax, work[xcol].to_numpy(float), work["miou_pct"].to_numpy(float), higher)
+        ax.grid(True, alpha=0.3)
+    devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
+    ax_fps.set_xlabel("Inference speed (FPS, frames/s" + (f", {devices[0]}" if len(devices) == 1 else "") + ")")
+    ax_par.set_xlabel(f"Decoder parameters ({unit}" + (", log scale" if log_params else "") + ")")
+    if log_params:
+        ax_par.set_xscale("log")
+    ax_fps.set_ylabel("mIoU (%)")
+    ax_fps.set_title("mIoU vs FPS (up and right is better)")
+    ax_par.set_title("mIoU vs decoder size (up and left is better)")
+    handles, labels = ax_fps.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_binarization_gap(df: pd.DataFrame, title: str = "Binarization gap per strategy") -> Figure:
+    """Bar per strategy: median gap (min kept w / max dropped non-zero w) over runs, min-max whiskers, log y.
+
+    An infinite gap (every dropped w exactly 0) is drawn as a hatched bar reaching above the largest finite
+    one and labelled ``inf``. The dotted line at 1 is "no separation at all".
+    """
+    summary = summarize(df)
+    summary = summary[summary["gap_n"] > 0].reset_index(drop=True)
+    if summary.empty:
+        raise ValueError("no run reports a binarization gap (metrics.json 'binarization_gap')")
+    styles = family_style(summarize(df))
+    finite = [v for v in summary[["gap_median", "gap_min", "gap_max"]].to_numpy().ravel() if np.isfinite(v)]
+    top = 10 ** math.ceil(math.log10(max(finite))) * 10 if finite else 1e3
+    fig = Figure(figsize=(max(5.0, 1.1 * len(summary) + 2), 4.2), layout="constrained")
+    ax = fig.subplots()
+    xs = np.arange(len(summary))
+    for i, row in summary.iterrows():
+        med = row["gap_median"]
+        height = top if math.isinf(med) else med
+        ax.bar(xs[i], height, color=styles[row["label"]]["color"], edgecolor="black", linewidth=0.6,
+               hatch="//" if math.isinf(med) else None)
+        if row["gap_n"] > 1 and np.isfinite(row["gap_min"]):
+            hi = min(row["gap_max"], top)
+            ax.plot([xs[i], xs[i]], [row["gap_min"], hi], color="black", linewidth=1.2)
+        ax.annotate(format_gap(med), (xs[i], height), xytext=(0, 3), textcoords="offset points",
+                    ha="center", fontsize=8)
+    ax.axhline(1.0, color="#555555", linestyle=":", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_ylim(0.5 if all(v >= 1 for v in finite) else min(finite) / 2, top * 4)
+    ax.set_xticks(xs, [f"{l}\n(n={n})" for l, n in zip(summary["label"], summary["gap_n"])], fontsize=8)
+    ax.set_ylabel("min kept w / max dropped w (log scale)")
+    ax.set_xlabel("Strategy (n = runs)")
+    ax.set_title(title)
+    return fig

@@ -1,0 +1,276 @@
+"""Results of finished runs -> one pandas DataFrame (one row per run).
+
+``load_results(source)`` reads either
+
+* a root directory, scanned recursively: every directory holding ``metrics.json`` is a finished run
+  (``config.json``, ``connectivity.json`` and ``history.csv`` beside it are optional), or
+* an NNI experiment, by id (viewed through ``nni.experiment.Experiment`` and stopped again) or as an object
+  with ``export_data()``: each trial's final result ``{'default': miou, 'fps': ..., 'run_dir': ...}`` gives a
+  row, read from ``run_dir`` when that directory holds ``metrics.json``, else from the final result itself.
+
+A run whose ``metrics.json`` is corrupt or incomplete is skipped with a ``UserWarning`` naming the file; the
+skipped runs are kept in ``df.attrs["skipped"]`` (see :func:`skipped_runs`) for the report. A root without any
+readable run is an error.
+
+Columns (:data:`CORE_COLUMNS`, with one column per hyper-parameter after ``kind``): ``method``, ``family``,
+``group``, ``kind`` (see :mod:`.families`), ``config`` (the hyper-parameters as sorted JSON), ``seed``, ``miou``,
+``pixel_accuracy``, ``fg_iou``, ``params_encoder``, ``params_decoder``, ``fps``, ``fps_device``, ``edges``,
+``stages``, ``binarization_gap`` (``inf`` when every dropped w is exactly 0, NaN when unknown),
+``search_seconds``, ``train_seconds``, ``run_dir``, ``connectivity`` (path or None), ``source`` (``rundir`` or
+``nni``), ``trial_id``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from .families import family_of
+
+__all__ = ["load_results", "save_csv", "skipped_runs", "find_runs", "read_run", "SkippedRun", "CORE_COLUMNS"]
+
+CORE_COLUMNS = [
+    "method", "family", "group", "kind", "config", "seed", "miou", "pixel_accuracy", "fg_iou",
+    "params_encoder", "params_decoder", "fps", "fps_device", "edges", "stages", "binarization_gap",
+    "search_seconds", "train_seconds", "run_dir", "connectivity", "source", "trial_id",
+]
+_NUMERIC = ["miou", "pixel_accuracy", "fg_iou", "params_encoder", "params_decoder", "fps", "edges", "stages",
+            "binarization_gap", "search_seconds", "train_seconds"]
+_EXPERIMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+METRICS = "metrics.json"
+
+
+@dataclass(frozen=True)
+class SkippedRun:
+    """A run left out of the results: where it is and why."""
+
+    path: str
+    reason: str
+
+
+# ------------------------------------------------------------------------------------------------ run dirs
+def find_runs(root: str | Path) -> list[Path]:
+    """Every directory under ``root`` (itself included) that holds ``metrics.json``, sorted."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"results root not found: {root}")
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory: give the root that holds the run directories")
+    runs = [p.parent for p in root.rglob(METRICS)
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
+    return sorted(runs)
+
+
+def _number(value: Any, field: str, where: str, allow_none: bool = True) -> float:
+    """A JSON number (or ``"inf"``) as float; None -> NaN; anything else is a ``ValueError``."""
+    if value is None:
+        if allow_none:
+            return math.nan
+        raise ValueError(f"{where}: '{field}' is missing")
+    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "+inf"):
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: '{field}' must be a number, got {value!r}")
+    return float(value)
+
+
+def _row(method: Any, params: Mapping[str, Any], seed: Any, metrics: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One DataFrame row from the pieces every source has; raises ``ValueError`` on unusable content."""
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"{where}: no 'method' (expected a non-empty string, got {method!r})")
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{where}: 'params' must be an object, got {type(params).__name__}")
+    fam = family_of(method, params)
+    row: dict[str, Any] = {"method": method, "family": fam.name, "group": fam.group, "kind": fam.kind,
+                           "config": json.dumps(dict(params), sort_keys=True, default=str)}
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"{where}: 'seed' must be an integer, got {seed!r}")
+    row["seed"] = seed
+    for key in _NUMERIC:
+        row[key] = _number(metrics.get(key), key, where, allow_none=key != "miou")
+    if not 0.0 <= row["miou"] <= 1.0:
+        raise ValueError(f"{where}: miou {row['miou']} is outside [0, 1] (expected a fraction, not a percentage)")
+    row["fps_device"] = metrics.get("fps_device")
+    for key, value in params.items():
+        column = f"param_{key}" if key in CORE_COLUMNS else str(key)
+        row[column] = value if isinstance(value, (int, float, str, bool)) or value is None else json.dumps(value)
+    return row
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """One row from a run directory; ``ValueError`` when its ``metrics.json`` is corrupt or incomplete.
+
+    ``method``, ``params`` and ``seed`` come from ``metrics.json``, falling back to ``config.json``.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished run")
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: corrupt JSON ({err})") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(metrics).__name__}")
+    config: dict[str, Any] = {}
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        try:
+            loaded = json.loads(config_path.read_text())
+            config = loaded if isinstance(loaded, dict) else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            warnings.warn(f"{config_path}: corrupt JSON, ignored (metrics.json is used alone)", UserWarning,
+                          stacklevel=2)
+    params = dict(config.get("params") or {})
+    params.update(metrics.get("params") or {})
+    method = metrics.get("method", config.get("method"))
+    seed = metrics.get("seed", config.get("seed"))
+    row = _row(method, params, seed, metrics, str(path))
+    conn = run_dir / "connectivity.json"
+    row.update(run_dir=str(run_dir), connectivity=str(conn) if conn.is_file() else None, source="rundir",
+               trial_id=None)
+    return row
+
+
+def _rows_from_root(root: Path, skipped: list[SkippedRun]) -> list[dict[str, Any]]:
+    rows = []
+    for run in find_runs(root):
+        try:
+            rows.append(read_run(run))
+        except ValueError as err:
+            _skip(skipped, str(run / METRICS), str(err))
+    return rows
+
+
+def _skip(skipped: list[SkippedRun], path: str, reason: str) -> None:
+    if reason.startswith(path + ": "):
+        reason = reason[len(path) + 2:]
+    warnings.warn(f"skipping run {path}: {reason}", UserWarning, stacklevel=3)
+    skipped.append(SkippedRun(path, reason))
+
+
+# ------------------------------------------------------------------------------------------------ NNI
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _view_experiment(experiment_id: str) -> Any:
+    """Start NNI's manager in view mode on a free port for a stopped experiment (the caller stops it)."""
+    from nni.experiment import Experiment  # imported here: NNI is slow to import
+
+    exp = Experiment(None, id=experiment_id)
+    if not exp.has_checkpoint():
+        raise FileNotFoundError(
+            f"{experiment_id!r} is neither a directory nor an NNI experiment id known here (see `nnictl experiment "
+            f"list --all`)")
+    return exp.view(port=_free_port(), non_blocking=True)
+
+
+def _final_result(value: Any) -> Any:
+    # NNI hands the final metric back as parsed JSON; some versions double-encode it as a JSON string.
+    for _ in range(2):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                break
+    return value
+
+
+def _rows_from_trials(trials: Iterable[Any], skipped: list[SkippedRun], label: str) -> list[dict[str, Any]]:
+    rows = []
+    for trial in trials:
+        trial_id = str(getattr(trial, "trialJobId", None) or getattr(trial, "trial_job_id", "?"))
+        where = f"{label} trial {trial_id}"
+        try:
+            value = _final_result(getattr(trial, "value", None))
+            parameter = getattr(trial, "parameter", None) or {}
+            if isinstance(parameter, Mapping) and isinstance(parameter.get("parameters"), Mapping):
+                parameter = parameter["parameters"]  # the raw NNI form {'parameter_id', 'parameters', ...}
+            if not isinstance(parameter, Mapping):
+                raise ValueError(f"{where}: trial parameters must be an object, got {parameter!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = {"default": value}
+            if not isinstance(value, Mapping) or "default" not in value:
+                raise ValueError(f"{where}: final result has no 'default' (mIoU): {value!r}")
+            run_dir = value.get("run_dir")
+            if run_dir and (Path(run_dir) / METRICS).is_file():
+                row = read_run(run_dir)
+            else:
+                method = value.get("method") or parameter.get("method") or parameter.get("strategy") or "unknown"
+                params = parameter.get("params")
+                if not isinstance(params, Mapping):
+                    params = {k: v for k, v in parameter.items() if k not in ("method", "strategy", "seed")}
+                metrics = dict(value)
+                metrics["miou"] = metrics.get("miou", metrics["default"])
+                row = _row(method, params, value.get("seed", parameter.get("seed")), metrics, where)
+                row.update(run_dir=str(run_dir) if run_dir else None, connectivity=None)
+            row.update(source="nni", trial_id=trial_id)
+            rows.append(row)
+        except ValueError as err:
+            _skip(skipped, where, str(err))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ public
+def load_results(source: Any) -> pd.DataFrame:
+    """One row per finished run from a root of run directories, an NNI experiment id, or an object with
+    ``export_data()`` (an ``nni.experiment.Experiment``). See the module docstring for the columns."""
+    skipped: list[SkippedRun] = []
+    if hasattr(source, "export_data"):
+        rows = _rows_from_trials(source.export_data(), skipped, f"experiment {getattr(source, 'id', '')}".strip())
+        label = "the experiment"
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.exists() or not (isinstance(source, str) and _EXPERIMENT_ID.fullmatch(source)):
+            rows = _rows_from_root(path, skipped)
+            label = str(path)
+        else:
+            exp = _view_experiment(source)
+            try:
+                rows = _rows_from_trials(exp.export_data(), skipped, f"experiment {source}")
+            finally:
+                exp.stop()
+            label = f"NNI experiment {source}"
+    else:
+        raise ValueError(f"load_results needs a directory, an NNI experiment id or an Experiment, got {source!r}")
+    if not rows:
+        detail = (f"; skipped {len(skipped)}: " + "; ".join(f"{s.path} ({s.reason})" for s in skipped)) if skipped else ""
+        raise ValueError(f"no finished runs in {label} (a run is a directory holding {METRICS}){detail}")
+    df = _frame(rows)
+    df.attrs["skipped"] = [asdict(s) for s in skipped]
+    return df
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    param_cols = sorted(c for c in df.columns if c not in CORE_COLUMNS)
+    head = CORE_COLUMNS[:CORE_COLUMNS.index("config")]
+    tail = CORE_COLUMNS[CORE_COLUMNS.index("config"):]
+    df = df.reindex(columns=head + param_cols + tail)
+    for col in _NUMERIC:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    df["seed"] = df["seed"].astype("Int64")
+    return df.reset_index(drop=True)
+
+
+def skipped_runs(df: pd.DataFrame) -> list[SkippedRun]:
+    """The runs :func:`load_results` left out of ``df``, with the reason."""
+    return [SkippedRun(**s) for s in df.attrs.get("skipped", [])]
+
+
+def save_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` as CSV (no index; an infinite gap is written as ``inf``) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    return path

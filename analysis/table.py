@@ -1,0 +1,157 @@
+"""Table 1 and the binarisation-gap table, as markdown, from the results DataFrame.
+
+Runs are grouped by family (and, when one family was run with several hyper-parameter settings, by setting
+as well); numbers over several runs of a group (seeds) are ``mean ± std`` with the sample standard deviation
+(ddof=1), a single run shows its value alone. #Params is ``encoder+decoder`` as in Table 1 (``2.22+0.56M``),
+in M, or in K when some part would round to 0.00M. Rows follow :attr:`.families.Family.order`:
+hand-designed decoders, FDN ablations, then the search methods with SparseMask last.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .families import family_of, format_number
+
+__all__ = ["summarize", "group_labels", "table1_markdown", "gap_table_markdown", "format_params", "format_mean_std",
+           "format_gap", "markdown_table", "params_unit"]
+
+MISSING = "-"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """A GitHub-flavoured markdown table; ``align`` has one of ``l``/``r`` per column (default: left)."""
+    align = align or "l" * len(headers)
+    if len(align) != len(headers) or any(len(r) != len(headers) for r in rows):
+        raise ValueError("markdown_table: every row and the alignment need one entry per header")
+    rule = ["---:" if a == "r" else ":---" for a in align]
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in headers) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def group_labels(df: pd.DataFrame) -> pd.Series:
+    """Family name, plus the differing hyper-parameters when a family holds several settings."""
+    labels = df["family"].astype(str).copy()
+    for family, sub in df.groupby("family", sort=False):
+        configs = sub["config"].unique()
+        if len(configs) < 2:
+            continue
+        parsed = {c: json.loads(c) for c in configs}
+        keys = sorted({k for p in parsed.values() for k in p})
+        differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed.values()}) > 1]
+        for c, p in parsed.items():
+            detail = ", ".join(f"{k}={format_number(p.get(k))}" for k in differing)
+            labels[sub.index[sub["config"] == c]] = f"{family} ({detail})"
+    return labels
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per table entry: label, group, kind, n, mean/std of mIoU, FPS, params and edges, gap stats."""
+    if df.empty:
+        raise ValueError("no runs to summarize")
+    work = df.copy()
+    work["label"] = group_labels(work)
+    out = []
+    for label, sub in work.groupby("label", sort=False):
+        first = sub.iloc[0]
+        fam = family_of(first["method"], json.loads(first["config"]))
+        gaps = sub["binarization_gap"].dropna()
+        out.append({
+            "label": label, "family": first["family"], "group": first["group"], "kind": first["kind"],
+            "order": fam.order + (label,), "n": len(sub),
+            "miou_mean": sub["miou"].mean(), "miou_std": _std(sub["miou"]),
+            "fps_mean": sub["fps"].mean(), "fps_std": _std(sub["fps"]),
+            "params_encoder": sub["params_encoder"].mean(), "params_decoder": sub["params_decoder"].mean(),
+            "edges_mean": sub["edges"].mean(), "edges_std": _std(sub["edges"]),
+            "gap_n": len(gaps), "gap_median": gaps.median() if len(gaps) else math.nan,
+            "gap_min": gaps.min() if len(gaps) else math.nan, "gap_max": gaps.max() if len(gaps) else math.nan,
+        })
+    summary = pd.DataFrame(out).sort_values("order", kind="stable").reset_index(drop=True)
+    return summary.drop(columns="order")
+
+
+def _std(values: pd.Series) -> float:
+    values = values.dropna()
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def format_mean_std(mean: float, std: float = math.nan, decimals: int = 2, scale: float = 1.0,
+                    suffix: str = "") -> str:
+    """``'73.18%'`` or ``'73.18 ± 0.40%'`` (std shown only when finite); NaN mean -> ``'-'``."""
+    if mean is None or not np.isfinite(mean):
+        return MISSING
+    text = f"{mean * scale:.{decimals}f}"
+    if std is not None and np.isfinite(std):
+        text += f" ± {std * scale:.{decimals}f}"
+    return text + suffix
+
+
+def params_unit(values: Sequence[float]) -> str:
+    """``'M'`` unless a non-zero count would print as 0.00M, then ``'K'``."""
+    finite = [v for v in values if v is not None and np.isfinite(v) and v > 0]
+    return "M" if all(v >= 5e3 for v in finite) else "K"
+
+
+def format_params(encoder: float, decoder: float, unit: str | None = None) -> str:
+    """Table 1's ``encoder+decoder`` count: ``format_params(2.22e6, 0.56e6) == '2.22+0.56M'``."""
+    if not (np.isfinite(encoder) and np.isfinite(decoder)):
+        return MISSING
+    unit = unit or params_unit([encoder, decoder])
+    if unit not in ("M", "K"):
+        raise ValueError(f"unit must be 'M' or 'K', got {unit!r}")
+    div, dec = (1e6, 2) if unit == "M" else (1e3, 1)
+    return f"{encoder / div:.{dec}f}+{decoder / div:.{dec}f}{unit}"
+
+
+def _fps_decimals(mean: float) -> int:
+    return 0 if np.isfinite(mean) and mean >= 10 else 1
+
+
+def table1_markdown(df: pd.DataFrame) -> str:
+    """Table 1: Method | mIoU | #Params (encoder+decoder) | FPS | Edges | Runs, plus a line on how FPS was measured."""
+    s = summarize(df)
+    unit = params_unit(list(s["params_encoder"]) + list(s["params_decoder"]))
+    rows = []
+    for _, r in s.iterrows():
+        rows.append([
+            r["label"],
+            format_mean_std(r["miou_mean"], r["miou_std"], 2, 100.0, "%"),
+            format_params(r["params_encoder"], r["params_decoder"], unit),
+            format_mean_std(r["fps_mean"], r["fps_std"], _fps_decimals(r["fps_mean"])),
+            format_mean_std(r["edges_mean"], r["edges_std"], 0 if np.isnan(r["edges_std"]) else 1),
+            str(r["n"]),
+        ])
+    table = markdown_table(["Method", "mIoU", f"#Params ({unit})", "FPS", "Edges", "Runs"], rows, "lrrrrr")
+    devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
+    note = ("\n\nmIoU and FPS: mean ± sample std over runs (seeds) where a row has several. #Params: encoder+decoder."
+            + (f" FPS measured on {', '.join(devices)}." if devices else ""))
+    return table + note
+
+
+def format_gap(gap: float) -> str:
+    """``'200x'``, ``'inf'`` (every dropped w exactly 0) or ``'-'`` (unknown)."""
+    if gap is None or (isinstance(gap, float) and math.isnan(gap)):
+        return MISSING
+    if math.isinf(gap):
+        return "inf"
+    return f"{gap:.3g}x"
+
+
+def gap_table_markdown(df: pd.DataFrame) -> str:
+    """Per strategy: runs with a gap, median gap min_kept / max_dropped_nonzero, and its range over runs."""
+    s = summarize(df)
+    s = s[s["gap_n"] > 0]
+    if s.empty:
+        return "No run reports a binarization gap."
+    rows = [[r["label"], str(r["gap_n"]), format_gap(r["gap_median"]),
+             MISSING if r["gap_n"] < 2 else f"{format_gap(r['gap_min'])} - {format_gap(r['gap_max'])}"]
+            for _, r in s.iterrows()]
+    table = markdown_table(["Strategy", "Runs", "Gap (median)", "Range"], rows, "lrrr")
+    return table + ("\n\nGap = smallest kept w / largest dropped non-zero w (the paper: 200x for SparseMask, "
+                    "2.6x for L1 at 5e-3); inf = every dropped w is exactly 0.")
