@@ -216,3 +216,50 @@ def test_evaluator_serialises_without_the_data(tmp_path):
         module = _attached(SegmentationModule(), TinyNet())
         module.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": float("inf")})()
         module.total_steps()
+
+
+def test_freeze_bn_keeps_encoder_batchnorm_fixed(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    bn = model.encoder[1]
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    evaluator = Segmentation(num_classes=11, freeze_bn=True,
+                             train_dataloaders=DigitScenesLoader(batch_size=4, cache_dir=str(tmp_path), **DATA),
+                             **_trainer_kwargs(tmp_path))
+    evaluator.evaluate(model)
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k  # affine weights and running statistics unchanged
+    (opt,) = evaluator.trainer.optimizers
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(bn.weight) not in in_opt and id(model.encoder[0].weight) in in_opt
+
+
+def test_serves_as_evaluator_of_the_sparsemask_search(tmp_path):
+    """Under NasExperiment + SparseMask: w is optimised by the strategy, the weights by our SGD groups."""
+    import logging
+    import warnings
+
+    from nni.nas.experiment import NasExperiment
+
+    from nni_sparsemask.space import FDNSpace
+    from nni_sparsemask.strategy import SparseMask
+
+    # NNI logs "Experiment stopped" at interpreter exit, after pytest closed its capture streams
+    logging.getLogger("nni").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    space = FDNSpace(backbone="convnet", num_classes=11, decoder_channels=8,
+                     backbone_kwargs={"widths": (8, 8, 8, 8, 8)})
+    evaluator = _evaluator(tmp_path, max_epochs=1)
+    strategy = SparseMask(arc_learning_rate=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        NasExperiment(space, evaluator, strategy).run()
+    trainer = evaluator.trainer
+    sgd, arch = trainer.optimizers
+    assert isinstance(sgd, torch.optim.SGD) and [g["name"] for g in sgd.param_groups] == ["encoder", "decoder"]
+    sgd_ids = {id(p) for g in sgd.param_groups for p in g["params"]}
+    arch_ids = {id(p) for g in arch.param_groups for p in g["params"]}
+    assert arch_ids and sgd_ids.isdisjoint(arch_ids)
+    assert "val_miou" in trainer.callback_metrics and "sparse_loss" in trainer.callback_metrics
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 3
+    assert len(strategy.history()) == 1
