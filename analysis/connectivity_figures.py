@@ -182,7 +182,7 @@ def plot_w_history(conn_or_history: Connectivity | Sequence[Mapping[str, Sequenc
 
 
 def plot_architecture(conn: Connectivity, title: str = "Searched decoder") -> Figure:
-    """The decoder as a graph: encoder row on top, decoder row below, G on the right, the head under the output.
+    """The decoder as a graph: encoder row on top, decoder row below, G bottom right, the head left of D1.
 
     Columns are stage indices; grey bands group stages of one resolution (labelled ``1/r``). Each edge is an
     arrow (a ``FancyArrowPatch`` with gid ``"SRC->DST"``) coloured by source kind (encoder blue, decoder orange,
@@ -191,7 +191,7 @@ def plot_architecture(conn: Connectivity, title: str = "Searched decoder") -> Fi
     L = conn.num_stages
     pos = {f"E{i}": (i, 1.0) for i in range(1, L + 1)}
     pos.update({f"D{i}": (i, 0.0) for i in range(1, L + 1)})
-    pos["G"] = (L + 1.2, 0.5)
+    pos["G"] = (L + 1.2, -0.55)  # below the decoder row: its edges arc under it, D->D edges arc over it
     fig = Figure(figsize=(max(7.0, 0.95 * L + 3), 4.4), layout="constrained")
     ax = fig.subplots()
     # resolution bands
@@ -209,7 +209,7 @@ def plot_architecture(conn: Connectivity, title: str = "Searched decoder") -> Fi
         if e.source.startswith("D"):
             rad = 0.35 if x0 - x1 > 1 else 0.2  # curve below the decoder row
         elif e.source == "G":
-            rad = -0.15
+            rad = -0.12 if x0 - x1 > 2 else 0.0
         else:
             rad = 0.0 if x0 == x1 else 0.08
         w = min(max(e.weight, 0.0), 1.0)
@@ -228,15 +228,16 @@ def plot_architecture(conn: Connectivity, title: str = "Searched decoder") -> Fi
                    linestyle="--" if dead else "-")
         ax.text(x, y, name, ha="center", va="center", fontsize=8, zorder=4, color="#999999" if dead else "black")
     ox, oy = pos[conn.output]
-    ax.add_patch(FancyArrowPatch((ox, oy), (ox, -0.75), arrowstyle="-|>", mutation_scale=10, shrinkA=11,
-                                 color="black", linewidth=1.2, zorder=2, gid="head"))
-    ax.text(ox, -0.8, "head", ha="center", va="top", fontsize=8)
-    ax.text(0.35, 1.0, "encoder", ha="right", va="center", fontsize=9)
-    ax.text(0.35, 0.0, "decoder", ha="right", va="center", fontsize=9)
-    ax.set_xlim(-0.6, L + 1.8)
-    ax.set_ylim(-1.05, 1.6)
+    ax.add_patch(FancyArrowPatch((ox, oy), (0.15, 0.0), arrowstyle="-|>", mutation_scale=10, shrinkA=11, shrinkB=2,
+                                 connectionstyle=f"arc3,rad={0.3 if ox > 1 else 0.0}", color="black",
+                                 linewidth=1.2, zorder=2, gid="head"))
+    ax.text(0.1, 0.0, "head", ha="right", va="center", fontsize=8)
+    ax.text(-0.35, 1.0, "encoder", ha="right", va="center", fontsize=9)
+    ax.text(-0.35, 0.0, "decoder", ha="right", va="center", fontsize=9)
+    ax.set_xlim(-1.3, L + 1.8)
+    ax.set_ylim(-1.0, 1.6)
     ax.set_axis_off()
-    ax.set_title(f"{title}: {conn.num_edges} edges, {len(live)} decoder stages "
-                 "(blue: from encoder, orange: from decoder, green: from G; width ~ w; bands: resolution)",
-                 fontsize=9)
+    ax.set_title(f"{title}: {conn.num_edges} edges, {len(live)} decoder stages\n"
+                 "arrows from encoder (blue), decoder (orange), G (green), width ~ w; grey bands: resolution 1/r; "
+                 "dashed: stage without inputs", fontsize=9)
     return fig

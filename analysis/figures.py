@@ -12,7 +12,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from .table import format_gap, group_labels, params_unit, summarize
 
@@ -30,6 +32,50 @@ _STYLE = {
     "other": ("#e377c2", "v", 50),
 }
 _RAMPS = {"maskconnect": "Blues", "l1": "Purples"}
+HAND_SERIES = "hand-designed (named)"
+ABLATION_SERIES = "FDN ablations (named)"
+# label offsets tried in turn (points from the marker): right-up, right-down, left-up, left-down, further out
+_OFFSETS = [(6, 4, "left"), (6, -12, "left"), (-6, 4, "right"), (-6, -12, "right"), (10, 16, "left"),
+            (-10, 16, "right"), (10, -24, "left"), (-10, -24, "right"), (0, 26, "center"), (0, -34, "center"),
+            (22, 30, "left"), (-22, 30, "right"), (22, -40, "left"), (-22, -40, "right"),
+            (-40, 0, "right"), (-40, -20, "right"), (-40, 20, "right"), (0, -50, "center"), (0, 44, "center"),
+            (-60, -40, "right"), (-60, 34, "right"), (40, -54, "left"), (-40, -54, "right")]
+_LEADER = {"arrowstyle": "-", "color": "#888888", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4}
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _place_labels(ax, points: list[tuple[str, float, float]]) -> None:
+    """Annotate ``(text, x, y)`` points. Each label takes the first offset of :data:`_OFFSETS` whose text box
+    overlaps no earlier label and no marker and stays inside the axes, else the offset with the least
+    weighted overlap (greedy); labels set further away get a thin leader line to their point."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed = []
+    markers = [Bbox.from_bounds(px - 5, py - 5, 10, 10) for c in ax.collections
+               for px, py in c.get_offset_transform().transform(c.get_offsets()) if np.isfinite(px + py)]
+    for text, x, y in sorted(points, key=lambda p: -p[2]):
+        best = None
+        for dx, dy, ha in _OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, fontsize=8,
+                              color="#222222", zorder=4, arrowprops=_LEADER if abs(dx) + abs(dy) > 20 else None)
+            box = ann.get_window_extent(renderer).padded(3)
+            outside = box.width * box.height - _overlap(box, frame)
+            score = (2 * outside + 4 * sum(_overlap(box, b) for b in placed)
+                     + sum(_overlap(box, m) for m in markers))
+            if best is None or score < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (score, ann, box)
+            else:
+                ann.remove()
+            if score == 0:
+                break
+        placed.append(best[2])
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 130) -> Path:
@@ -90,10 +136,11 @@ def _draw_front(ax, x: np.ndarray, y: np.ndarray, x_higher_better: bool) -> None
 def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder size (Fig. 4)") -> Figure:
     """Fig. 4: mIoU vs FPS (left) and mIoU vs decoder parameters (right), one point per run.
 
-    One colour/marker per strategy family (MaskConnect k and L1 lambda in shades of one colour each);
-    hand-designed decoders and FDN ablations are labelled by name at their mean. The dashed step line is the
-    Pareto front (higher mIoU and higher FPS, resp. fewer parameters, is better). One legend for both panels
-    sits below them. Each family is one scatter collection per panel.
+    One colour/marker per strategy family (MaskConnect k and L1 lambda in shades of one colour each); the
+    hand-designed decoders are one series, the FDN ablations another, each decoder named by a text label at
+    its mean (placed so labels do not overlap). The dashed step line is the Pareto front (higher mIoU and
+    higher FPS, resp. fewer parameters, is better). One legend for both panels sits below them. Each series
+    is one scatter collection per panel.
     """
     if df.empty:
         raise ValueError("no runs to plot")
@@ -107,33 +154,42 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
     work["miou_pct"] = work["miou"] * 100
 
     fig = Figure(figsize=(12, 5.6), layout="constrained")
+    FigureCanvasAgg(fig)  # a real canvas: text boxes are measured to place the labels
     ax_fps, ax_par = fig.subplots(1, 2, sharey=True)
     dec_pos = work["dec"][work["dec"] > 0]
     log_params = len(dec_pos) > 1 and dec_pos.max() / dec_pos.min() > 30
+    if log_params:
+        ax_par.set_xscale("log")
+    # one series per family; hand-designed decoders and FDN ablations share one series each, named by text
+    work["series"] = work["label"]
+    work.loc[work["kind"] == "hand", "series"] = HAND_SERIES
+    work.loc[work["kind"] == "ablation", "series"] = ABLATION_SERIES
+    order = list(dict.fromkeys(work.set_index("label").loc[summary["label"], "series"]))
     for ax, xcol, higher in ((ax_fps, "fps", True), (ax_par, "dec", False)):
-        for label in summary["label"]:
-            sub = work[work["label"] == label]
-            st = styles[label]
+        for series in order:
+            sub = work[work["series"] == series]
+            st = styles[sub["label"].iloc[0]]
             ax.scatter(sub[xcol], sub["miou_pct"], c=[st["color"]], marker=st["marker"], s=st["s"],
                        edgecolors="white" if st["marker"] != "*" else "black", linewidths=0.5, alpha=0.9,
-                       label=label, zorder=3 if st["marker"] == "*" else 2)
-            kind = sub["kind"].iloc[0]
-            if kind in ("hand", "ablation") and sub[xcol].notna().any():
-                ax.annotate(label, (sub[xcol].mean(), sub["miou_pct"].mean()), xytext=(5, 4),
-                            textcoords="offset points", fontsize=8, color="#222222")
+                       label=series, zorder=3 if st["marker"] == "*" else 2)
         _draw_front(ax, work[xcol].to_numpy(float), work["miou_pct"].to_numpy(float), higher)
         ax.grid(True, alpha=0.3)
+        ax.margins(x=0.06, y=0.08)
     devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
     ax_fps.set_xlabel("Inference speed (FPS, frames/s" + (f", {devices[0]}" if len(devices) == 1 else "") + ")")
     ax_par.set_xlabel(f"Decoder parameters ({unit}" + (", log scale" if log_params else "") + ")")
-    if log_params:
-        ax_par.set_xscale("log")
     ax_fps.set_ylabel("mIoU (%)")
     ax_fps.set_title("mIoU vs FPS (up and right is better)")
     ax_par.set_title("mIoU vs decoder size (up and left is better)")
     handles, labels = ax_fps.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title)
+    named = work[work["kind"].isin(["hand", "ablation"])].groupby("label", sort=False)
+    fig.draw_without_rendering()  # settle the layout so that label boxes can be measured
+    for ax, xcol in ((ax_fps, "fps"), (ax_par, "dec")):
+        points = [(label, sub[xcol].mean(), sub["miou_pct"].mean()) for label, sub in named
+                  if np.isfinite(sub[xcol].mean()) and np.isfinite(sub["miou_pct"].mean())]
+        _place_labels(ax, points)
     return fig
 
 
@@ -141,7 +197,8 @@ def plot_binarization_gap(df: pd.DataFrame, title: str = "Binarization gap per s
     """Bar per strategy: median gap (min kept w / max dropped non-zero w) over runs, min-max whiskers, log y.
 
     An infinite gap (every dropped w exactly 0) is drawn as a hatched bar reaching above the largest finite
-    one and labelled ``inf``. The dotted line at 1 is "no separation at all".
+    one and labelled ``inf``. Each bar is labelled with its median (and the range over runs when there are
+    several, above the whisker). The dotted line at 1 is "no separation at all".
     """
     summary = summarize(df)
     summary = summary[summary["gap_n"] > 0].reset_index(drop=True)
@@ -158,14 +215,15 @@ def plot_binarization_gap(df: pd.DataFrame, title: str = "Binarization gap per s
         height = top if math.isinf(med) else med
         ax.bar(xs[i], height, color=styles[row["label"]]["color"], edgecolor="black", linewidth=0.6,
                hatch="//" if math.isinf(med) else None)
+        label_y, text = height, format_gap(med)
         if row["gap_n"] > 1 and np.isfinite(row["gap_min"]):
             hi = min(row["gap_max"], top)
             ax.plot([xs[i], xs[i]], [row["gap_min"], hi], color="black", linewidth=1.2)
-        ax.annotate(format_gap(med), (xs[i], height), xytext=(0, 3), textcoords="offset points",
-                    ha="center", fontsize=8)
+            label_y, text = max(height, hi), f"{text}\n({format_gap(row['gap_min'])} - {format_gap(row['gap_max'])})"
+        ax.annotate(text, (xs[i], label_y), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
     ax.axhline(1.0, color="#555555", linestyle=":", linewidth=1)
     ax.set_yscale("log")
-    ax.set_ylim(0.5 if all(v >= 1 for v in finite) else min(finite) / 2, top * 4)
+    ax.set_ylim(0.5 if all(v >= 1 for v in finite) else min(finite) / 2, top * 20)
     ax.set_xticks(xs, [f"{l}\n(n={n})" for l, n in zip(summary["label"], summary["gap_n"])], fontsize=8)
     ax.set_ylabel("min kept w / max dropped w (log scale)")
     ax.set_xlabel("Strategy (n = runs)")

@@ -124,7 +124,7 @@ def table1_markdown(df: pd.DataFrame) -> str:
             format_mean_std(r["miou_mean"], r["miou_std"], 2, 100.0, "%"),
             format_params(r["params_encoder"], r["params_decoder"], unit),
             format_mean_std(r["fps_mean"], r["fps_std"], _fps_decimals(r["fps_mean"])),
-            format_mean_std(r["edges_mean"], r["edges_std"], 0 if np.isnan(r["edges_std"]) else 1),
+            format_mean_std(r["edges_mean"], r["edges_std"], 0 if not r["edges_std"] > 0 else 1),
             str(r["n"]),
         ])
     table = markdown_table(["Method", "mIoU", f"#Params ({unit})", "FPS", "Edges", "Runs"], rows, "lrrrrr")
