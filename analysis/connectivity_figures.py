@@ -238,6 +238,6 @@ def plot_architecture(conn: Connectivity, title: str = "Searched decoder") -> Fi
     ax.set_ylim(-1.0, 1.6)
     ax.set_axis_off()
     ax.set_title(f"{title}: {conn.num_edges} edges, {len(live)} decoder stages\n"
-                 "arrows from encoder (blue), decoder (orange), G (green), width ~ w; grey bands: resolution 1/r; "
-                 "dashed: stage without inputs", fontsize=9)
+                 "arrows from encoder (blue), decoder (orange), G (green); width ~ w\n"
+                 "grey bands: resolution 1/r; dashed: stage without inputs", fontsize=9)
     return fig

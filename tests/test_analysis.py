@@ -195,6 +195,23 @@ def test_nni_experiment_object(root):
     assert [s.path for s in results.skipped_runs(df)] == ["experiment fake123 trial t4"]
 
 
+def test_unknown_name_is_neither_dir_nor_experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a directory nor an NNI experiment"):
+        results.load_results("no_such_runs_dir_x1")
+
+
+def test_nni_trial_result_double_encoded_value(tmp_path):
+    from nni.experiment.data import TrialResult  # the real class export_data() returns (no manager started)
+
+    final = {"default": 0.64, "fps": 30.0, "params_decoder": 1e5, "edges": 5, "run_dir": str(tmp_path / "gone")}
+    trial = TrialResult({"method": "rand_rule", "seed": 4}, json.dumps(json.dumps(final)), "abc")
+    df = results.load_results(FakeExperiment([trial]))
+    row = df.iloc[0]
+    assert (row["family"], row["seed"], row["miou"], row["edges"]) == ("Rand (Rule)", 4, 0.64, 5)
+    assert row["run_dir"] == str(tmp_path / "gone") and pd.isna(row["connectivity"])  # run dir missing: from result
+
+
 def test_nni_experiment_id_views_and_stops(root, monkeypatch):
     fake = FakeExperiment(_fake_trials(root)[:2])
     seen = []
