@@ -239,7 +239,8 @@ class SegmentationModule(LightningModule):
         self._val_loss_sum = 0.0
         self._val_pixels = 0
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Accumulates the confusion matrix and the pixel-weighted loss (several val loaders are pooled)."""
         x, y = batch
         logits = self._logits(x, y)
         loss = self.loss(logits, y)
@@ -266,10 +267,12 @@ class SegmentationModule(LightningModule):
         if not self.trainer.sanity_checking and nni.get_current_parameter() is not None:
             nni.report_intermediate_result(self._report())
 
-    def _report(self) -> dict[str, float]:
+    def _report(self) -> dict[str, Optional[float]]:
+        """What NNI receives: ``default`` = val mIoU; ``nan`` (e.g. no foreground at all) becomes ``None`` (JSON)."""
         s = self.last_scores
-        return {"default": s["val_miou"], "pixel_accuracy": s["val_pixacc"], "fg_iou": s["val_fg_iou"],
-                "val_loss": s["val_loss"]}
+        out = {"default": s["val_miou"], "pixel_accuracy": s["val_pixacc"], "fg_iou": s["val_fg_iou"],
+               "val_loss": s["val_loss"]}
+        return {k: (None if v is None or math.isnan(v) else float(v)) for k, v in out.items()}
 
     def on_fit_end(self) -> None:
         if nni.get_current_parameter() is not None and self.last_scores:
