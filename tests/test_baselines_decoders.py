@@ -206,3 +206,12 @@ def test_build_strategy():
         build_strategy("random", {}, run_dir="x")
     with pytest.raises(ValueError, match="give k in args"):
         build_strategy("maskconnect", {}, k=3)
+
+
+def test_package_exports_lazily():
+    import nni_sparsemask.baselines as b
+
+    assert b.unet is d.unet and b.validate_strategy_args is validate_strategy_args
+    assert "MaskConnect" in b.__all__ and "DeepLabV3" in b.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        b.nope
