@@ -192,6 +192,8 @@ def test_reports_to_nni_as_a_trial(tmp_path, monkeypatch):
 
 
 def test_no_report_outside_a_trial(tmp_path, monkeypatch):
+    # An in-process NasExperiment (other tests) leaves NNI's current parameter set; outside a trial it is None.
+    monkeypatch.setattr(nni, "get_current_parameter", lambda *a, **k: None)
     calls = []
     monkeypatch.setattr(nni, "report_intermediate_result", calls.append)
     monkeypatch.setattr(nni, "report_final_result", calls.append)
