@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from nni_sparsemask.strategy import SparseMask, SparseMaskConfig
-from nni_sparsemask.supermodule import SparseMixedInput, init_arch_weights, is_multi_input_choice
+from nni_sparsemask.supermodule import SparseMixedInput, is_multi_input_choice, shared_arch_weights
 
 __all__ = ["MaskConnectInput", "MaskConnect", "MaskConnectConfig", "L1", "MASKCONNECT_KS", "L1_LAMBDAS",
            "normalise_mask"]
@@ -132,17 +132,8 @@ class MaskConnectInput(SparseMixedInput):
             return None
         if "k" not in mutate_kwargs:
             raise ValueError("MaskConnectInput.mutate needs mutate_kwargs['k'] (inputs kept per choice)")
-        label = module.label
-        w = memo.get(label)
-        if w is None:
-            w = init_arch_weights(module.n_candidates, mutate_kwargs.get("init", 0.5),
-                                  mutate_kwargs.get("init_noise", 1e-2), mutate_kwargs.get("generator"))
-            memo[label] = w
-        elif not isinstance(w, nn.Parameter) or w.numel() != module.n_candidates:
-            raise ValueError(f"InputChoice {label!r} ({name}) has {module.n_candidates} candidates, but the shared "
-                             "mask for this label has a different size: choices sharing a label must have the same "
-                             "number of candidates")
-        return cls(module.n_candidates, w, label, module.reduction, mutate_kwargs["k"],
+        w = shared_arch_weights(module, name, memo, mutate_kwargs)
+        return cls(module.n_candidates, w, module.label, module.reduction, mutate_kwargs["k"],
                    mutate_kwargs.get("grad_to_unselected", True))
 
     # ---- forward -----------------------------------------------------------------------------------------

@@ -140,17 +140,8 @@ class SparseMixedInput(InputChoice, BaseSuperNetModule):
         """
         if not is_multi_input_choice(module):
             return None
-        label = module.label
-        w = memo.get(label)
-        if w is None:
-            w = init_arch_weights(module.n_candidates, mutate_kwargs.get("init", 0.5),
-                                  mutate_kwargs.get("init_noise", 1e-2), mutate_kwargs.get("generator"))
-            memo[label] = w
-        elif not isinstance(w, nn.Parameter) or w.numel() != module.n_candidates:
-            raise ValueError(f"InputChoice {label!r} ({name}) has {module.n_candidates} candidates, but the shared "
-                             f"weights for this label have {getattr(w, 'numel', lambda: '?')()}: choices sharing a "
-                             "label must have the same number of candidates")
-        return cls(module.n_candidates, w, label, module.reduction,
+        w = shared_arch_weights(module, name, memo, mutate_kwargs)
+        return cls(module.n_candidates, w, module.label, module.reduction,
                    mutate_kwargs.get("threshold", DEFAULT_THRESHOLD))
 
     # ---- forward ---------------------------------------------------------------------------------------
@@ -174,3 +165,20 @@ class SparseMixedInput(InputChoice, BaseSuperNetModule):
     def extra_repr(self) -> str:
         return (f"n_candidates={self.n_candidates}, reduction={self.reduction!r}, label={self.label!r}, "
                 f"threshold={self.threshold}")
+
+
+def shared_arch_weights(module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]) -> nn.Parameter:
+    """The architecture weights of ``module.label`` shared through ``memo`` (created on first use from
+    ``mutate_kwargs['generator']``, ``'init'`` and ``'init_noise'``); a size mismatch between choices that share
+    a label is a ``ValueError``."""
+    label = module.label
+    w = memo.get(label)
+    if w is None:
+        w = init_arch_weights(module.n_candidates, mutate_kwargs.get("init", 0.5),
+                              mutate_kwargs.get("init_noise", 1e-2), mutate_kwargs.get("generator"))
+        memo[label] = w
+    elif not isinstance(w, nn.Parameter) or w.numel() != module.n_candidates:
+        raise ValueError(f"InputChoice {label!r} ({name}) has {module.n_candidates} candidates, but the shared "
+                         f"weights for this label have {getattr(w, 'numel', lambda: '?')()}: choices sharing a "
+                         "label must have the same number of candidates")
+    return w
