@@ -1,76 +1,153 @@
-"""The ``sparsemask`` command. Today: ``demo`` (a short end-to-end search on DigitScenes) and ``report``.
+"""The ``sparsemask`` command: ``pretrain | search | prune | retrain | evaluate | demo | report``.
 
-``sparsemask demo`` runs SparseMask on the FDN space over the ``convnet`` backbone on the built-in DigitScenes
-data (no download): search under ``NasExperiment`` -> prune at sigma -> ``build_pruned`` -> decoder parameters
-and CPU FPS of the searched decoder beside the dense FDN, plus the Fig. 5 heatmap of the final w. The pretrain /
-retrain / evaluate steps of the full pipeline are not wired in yet (see the open pipeline issue).
+Argument parsing only; the work is in :mod:`.workflow` (search, prune, retrain, evaluate), :mod:`.demo` and
+:mod:`.pretrain`. Every command writes a run directory (``--out``) that is never overwritten without
+``--overwrite``; ``search`` and ``retrain`` continue an interrupted run with ``--resume``. Bad input ends with
+one line ``sparsemask CMD: error: ...`` and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
-from pathlib import Path
+from typing import Any
+
+#: default constructor arguments of the backbones the demo uses (others: none)
+DEFAULT_BACKBONE_KWARGS = {"convnet": {"widths": [16, 32, 48, 64, 96]}}
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width_mult\": 0.5}}', got {text!r}")
+    return value
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digitscenes", help="digitscenes (built in) or voc (default digitscenes)")
+    g.add_argument("--data-root", default=None, help="VOC: folder holding VOCdevkit/VOC2012")
+    g.add_argument("--sbd-root", default=None, help="VOC: SBD benchmark_RELEASE folder, for train_aug")
+    g.add_argument("--task", default="segmentation", help="DigitScenes view: segmentation, saliency or edges")
+    g.add_argument("--image-size", type=int, default=64, help="DigitScenes side / VOC crop (default 64)")
+    g.add_argument("--train-scenes", type=int, default=2000, help="DigitScenes training scenes (default 2000)")
+    g.add_argument("--val-scenes", type=int, default=500, help="DigitScenes val scenes (default 500)")
+    g.add_argument("--batch-size", type=int, default=16)
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="convnet", help="encoder: convnet (default), mobilenet_v2, resnet18, ...")
+    g.add_argument("--backbone-kwargs", type=_json_object, default=None,
+                   help="JSON constructor arguments of the backbone (convnet default: widths 16,32,48,64,96)")
+    g.add_argument("--backbone-weights", default="pretrained",
+                   help="'pretrained' (cached DigitScenes classifier, see `sparsemask pretrain`), a state_dict "
+                        "file, a torchvision weights name, or 'none' (default pretrained)")
+    g.add_argument("--decoder-channels", type=int, default=32, help="C_dec of the decoder stages (default 32)")
+
+
+def _add_run(p: argparse.ArgumentParser, resume: bool = True) -> None:
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    if resume:
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_fps(p: argparse.ArgumentParser, default: int = 512) -> None:
+    p.add_argument("--fps-size", type=int, default=default, help=f"FPS input side (default {default})")
+    p.add_argument("--fps-batch", type=int, default=1, help="FPS batch size (default 1)")
+
+
+def _data(args):
+    from .pipeline import DataConfig
+    return DataConfig(dataset=args.dataset, root=args.data_root, sbd_root=args.sbd_root, image_size=args.image_size,
+                      train_scenes=args.train_scenes, val_scenes=args.val_scenes, batch_size=args.batch_size,
+                      task=args.task, seed=getattr(args, "seed", 0) or 0)
+
+
+def _model(args):
+    from .pipeline import ModelConfig
+    kwargs = args.backbone_kwargs if args.backbone_kwargs is not None else \
+        DEFAULT_BACKBONE_KWARGS.get(args.backbone, {})
+    weights = None if str(args.backbone_weights).lower() == "none" else args.backbone_weights
+    return ModelConfig(backbone=args.backbone, backbone_kwargs=kwargs, backbone_weights=weights,
+                       decoder_channels=args.decoder_channels)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def _pretrain(args) -> int:
+    from .pretrain import PretrainConfig, cached_weights_path, pretrain_backbone
+
+    kwargs = args.backbone_kwargs if args.backbone_kwargs is not None else \
+        DEFAULT_BACKBONE_KWARGS.get(args.backbone, {})
+    cfg = PretrainConfig(backbone=args.backbone, backbone_kwargs=kwargs, image_size=args.image_size,
+                         num_scenes=args.scenes, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    out = args.out or cached_weights_path(cfg)
+    result = pretrain_backbone(cfg, out, progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"[pretrain] {cfg.backbone}: digit val accuracy {result.val_accuracy:.3f} after {cfg.epochs} epochs "
+          f"({result.train_seconds:.0f} s); weights {result.weights}")
+    return 0
+
+
+def _search(args) -> int:
+    from .workflow import run_search
+
+    strategy_args = {"lambda_sparse": args.lambda_sparse, "threshold": args.threshold, "k": args.k,
+                     "samples": args.samples, "density": args.density, "seed": args.seed}
+    summary = run_search(args.out, args.strategy, strategy_args, _data(args), _model(args), epochs=args.epochs,
+                         learning_rate=args.lr, arc_learning_rate=args.arc_lr, overwrite=args.overwrite,
+                         resume=args.resume, progress=not args.no_progress)
+    edges = summary.get("edges")
+    print(f"[search] {args.strategy}: kept edges {edges}; binarisation gap {summary.get('binarization_gap', '-')}; "
+          f"{args.out}/connectivity.json")
+    return 0
+
+
+def _prune(args) -> int:
+    from .workflow import run_prune
+
+    run_prune(args.search_dir, args.out, args.threshold, overwrite=args.overwrite)
+    return 0
+
+
+def _retrain(args) -> int:
+    from .pipeline import TrainConfig
+    from .workflow import format_iou, run_retrain
+
+    train = TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
+    m = run_retrain(args.out, _data(args), _model(args), train, connectivity=args.connectivity,
+                    decoder=args.decoder, fps_size=args.fps_size, fps_batch=args.fps_batch,
+                    overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+    print(f"[retrain] {m['method']}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params']}, "
+          f"{m['fps']:.1f} FPS ({m['fps_device']}, {m['fps_input'][0]}px, batch {m['fps_batch']})")
+    print(f"  per-class IoU: {format_iou(m['iou'])}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .workflow import format_iou, run_evaluate
+
+    m = run_evaluate(args.run, fps_size=args.fps_size, fps_batch=args.fps_batch, device=args.device,
+                     overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"[evaluate] {args.run}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params']}, "
+          f"{m['fps']:.1f} FPS ({m['fps_device']}, {args.fps_size}px, batch {args.fps_batch})")
+    print(f"  per-class IoU: {format_iou(m['iou'])}")
+    return 0
 
 
 def _demo(args) -> int:
-    import torch
-    from nni.nas.experiment import NasExperiment
+    from .demo import DemoConfig, run_demo
 
-    from .metrics import count_parameters, format_params, measure_fps
-    from .model import build_pruned
-    from .rundir import RunDir
-    from .space import FDNSpace
-    from .strategy import SparseMask
-    from .train import DigitScenesLoader, Segmentation
-
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    config = {"command": "demo", "method": "sparsemask", "params": {"lambda_sparse": args.lambda_sparse,
-              "threshold": args.threshold}, "seed": args.seed, "epochs": args.epochs, "image_size": args.image_size,
-              "scenes": args.scenes}
-    run = RunDir(args.out, config, overwrite=args.overwrite)
-    torch.manual_seed(args.seed)
-    widths = (16, 32, 48, 64, 96)
-    space = FDNSpace("convnet", num_classes=11, decoder_channels=32, backbone_kwargs={"widths": widths})
-    data = dict(image_size=args.image_size, seed=args.seed)
-    evaluator = Segmentation(
-        num_classes=11, learning_rate=0.01,
-        train_dataloaders=DigitScenesLoader(batch_size=16, shuffle=True, drop_last=True, split="train",
-                                            num_scenes=args.scenes, **data),
-        val_dataloaders=DigitScenesLoader(batch_size=32, split="val", num_scenes=max(args.scenes // 4, 32), **data),
-        max_epochs=args.epochs, accelerator="cpu", enable_checkpointing=False, logger=False,
-    )
-    strategy = SparseMask(lambda_sparse=args.lambda_sparse, threshold=args.threshold, arc_learning_rate=0.02,
-                          seed=args.seed, run_dir=run.file("search"))
-    print(f"[demo] SparseMask search: {args.epochs} epochs, {args.scenes} DigitScenes {args.image_size}px, run dir {run.path}")
-    t0 = time.time()
-    NasExperiment(space, evaluator, strategy).run()
-    search_s = time.time() - t0
-    conn = strategy.connectivity()
-    conn.to_json(run.file("connectivity.json"), overwrite=True)
-    dense = space.dense_connectivity()
-    rows = []
-    for name, c in (("FDN (dense)", dense), ("SparseMask", conn)):
-        net = build_pruned(c, num_classes=11, decoder_channels=32, backbone_kwargs={"widths": widths})
-        p = count_parameters(net)
-        fps = measure_fps(net, input_size=(args.image_size * 4, args.image_size * 4), device="cpu", min_run_time=1.0)
-        rows.append({"method": name, "edges": c.num_edges, "stages": len(c.stages()),
-                     "params": format_params(p), "params_decoder": p.decoder, "fps": fps.fps})
-    gap = strategy.binarization()["overall"]
-    print(f"\n{'method':<12} {'edges':>5} {'stages':>6} {'params enc+dec':>15} {'CPU FPS':>8}")
-    for r in rows:
-        print(f"{r['method']:<12} {r['edges']:>5} {r['stages']:>6} {r['params']:>15} {r['fps']:>8.1f}")
-    print(f"FPS at {args.image_size * 4}x{args.image_size * 4}, batch 1, {torch.get_num_threads()} CPU threads; "
-          f"search took {search_s:.0f} s; binarisation: {gap}")
-    try:
-        from .analysis import plot_w_heatmaps, save_figure
-        save_figure(plot_w_heatmaps({"SparseMask": conn}), run.file("w_heatmap.png"))
-        print(f"heatmap of the final w: {run.file('w_heatmap.png')}")
-    except Exception as err:  # the figure is a convenience; the numbers above are the result
-        print(f"(heatmap not written: {err})")
-    run.write_json("metrics.json", {"method": "sparsemask", "params": config["params"], "seed": args.seed,
-                                    "rows": rows, "search_seconds": search_s, "binarization": gap})
+    cfg = DemoConfig(search_epochs=args.search_epochs, retrain_epochs=args.retrain_epochs,
+                     train_scenes=args.train_scenes, image_size=args.image_size, lambda_sparse=args.lambda_sparse,
+                     threshold=args.threshold, seed=args.seed, baselines=tuple(args.baselines),
+                     fps_size=args.fps_size)
+    run_demo(args.out, cfg, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     return 0
 
 
@@ -82,25 +159,95 @@ def _report(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsemask", description="SparseMask connectivity search on NNI")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="short end-to-end SparseMask search on the built-in DigitScenes data")
-    demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    demo.add_argument("--epochs", type=int, default=6)
-    demo.add_argument("--scenes", type=int, default=1000)
-    demo.add_argument("--image-size", type=int, default=64)
-    demo.add_argument("--lambda-sparse", type=float, default=0.01)
-    demo.add_argument("--threshold", type=float, default=1e-3)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    demo.set_defaults(func=_demo)
-    rep = sub.add_parser("report", help="Table 1, Fig. 4, Fig. 5 from run directories or an NNI experiment id")
-    rep.add_argument("source")
-    rep.add_argument("--out", required=True)
-    rep.add_argument("--overwrite", action="store_true")
-    rep.set_defaults(func=_report)
-    args = parser.parse_args(argv)
+
+    p = sub.add_parser("pretrain", help="pre-train a backbone as a DigitScenes digit classifier (cached)")
+    _add_model(p)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--scenes", type=int, default=6000, help="one-digit training scenes (default 6000)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="weights file (default: the cache that 'pretrained' reads)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("search", help="search a decoder: sparsemask, l1, maskconnect, random or rand_rule")
+    p.add_argument("--strategy", default="sparsemask", help="see `sparsemask search --help` (default sparsemask)")
+    p.add_argument("--lambda-sparse", "--lambda", dest="lambda_sparse", type=float, default=None,
+                   help="sparsemask / l1: loss strength (defaults 0.01 / 1e-3)")
+    p.add_argument("--threshold", type=float, default=None, help="sparsemask / l1: sigma (default 1e-3)")
+    p.add_argument("--k", type=int, default=None, help="maskconnect: inputs per stage (2..5)")
+    p.add_argument("--samples", type=int, default=None, help="random / rand_rule: decoders sampled")
+    p.add_argument("--density", type=float, default=None, help="random / rand_rule: edge probability")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=0.02, help="encoder learning rate (decoder x10)")
+    p.add_argument("--arc-lr", type=float, default=0.02, help="learning rate of the architecture weights")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data(p)
+    _add_model(p)
+    _add_run(p)
+    p.set_defaults(func=_search)
+
+    p = sub.add_parser("prune", help="re-threshold a finished search at another sigma (no training)")
+    p.add_argument("search_dir")
+    p.add_argument("--threshold", type=float, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_prune)
+
+    p = sub.add_parser("retrain", help="train a searched (--connectivity) or hand-designed (--decoder) decoder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--connectivity", help="connectivity.json of a search or prune run")
+    which.add_argument("--decoder", help="fcn, unet, sparseacn, deeplabv3 or fdn")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=0.02, help="encoder learning rate (decoder x10)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data(p)
+    _add_model(p)
+    _add_fps(p)
+    _add_run(p)
+    p.set_defaults(func=_retrain)
+
+    p = sub.add_parser("evaluate", help="evaluate a finished retrain run again (mIoU, params, FPS)")
+    p.add_argument("run")
+    _add_fps(p)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing evaluate.json")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("demo", help="pretrain -> search -> prune -> retrain -> evaluate on DigitScenes, vs dense FDN")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--search-epochs", type=int, default=15)
+    p.add_argument("--retrain-epochs", type=int, default=15)
+    p.add_argument("--train-scenes", type=int, default=2000)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--lambda-sparse", type=float, default=0.01)
+    p.add_argument("--threshold", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baselines", nargs="*", default=["fcn"], help="hand-designed decoders retrained beside "
+                   "the dense FDN (default: fcn)")
+    p.add_argument("--fps-size", type=int, default=256, help="FPS input side (default 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("report", help="Table 1, Fig. 4, Fig. 5 from run directories or an NNI experiment id")
+    p.add_argument("source")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

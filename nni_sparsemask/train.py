@@ -202,6 +202,8 @@ class SegmentationModule(LightningModule):
         self._metrics = SegmentationMetrics(self.config.num_classes, self.config.ignore_index)
         self._val_loss_sum = 0.0
         self._val_pixels = 0
+        #: report results to NNI: None = when inside a trial (see ``_reporting``), True / False = always / never
+        self.report_to_nni: Optional[bool] = None
         #: scores of the last finished validation epoch (``val_miou``, ``val_pixacc``, ``val_fg_iou``, ``val_loss``)
         self.last_scores: dict[str, float] = {}
 
@@ -264,8 +266,15 @@ class SegmentationModule(LightningModule):
                             "val_fg_iou": scores["fg_iou"]}
         for name, value in self.last_scores.items():
             self.log(name, value, prog_bar=name in ("val_loss", "val_miou"))
-        if not self.trainer.sanity_checking and nni.get_current_parameter() is not None:
+        if not self.trainer.sanity_checking and self._reporting():
             nni.report_intermediate_result(self._report())
+
+    def _reporting(self) -> bool:
+        """Report to NNI? ``report_to_nni`` when set (True / False), else whenever NNI has handed out a parameter
+        (inside a trial; note that an in-process ``NasExperiment`` leaves one set afterwards)."""
+        if self.report_to_nni is not None:
+            return bool(self.report_to_nni)
+        return nni.get_current_parameter() is not None
 
     def _report(self) -> dict[str, Optional[float]]:
         """What NNI receives: ``default`` = val mIoU; ``nan`` (e.g. no foreground at all) becomes ``None`` (JSON)."""
@@ -275,12 +284,12 @@ class SegmentationModule(LightningModule):
         return {k: (None if v is None or math.isnan(v) else float(v)) for k, v in out.items()}
 
     def on_fit_end(self) -> None:
-        if nni.get_current_parameter() is not None and self.last_scores:
+        if self._reporting() and self.last_scores:
             nni.report_final_result(self._report())
 
     def on_validation_end(self) -> None:
         from pytorch_lightning.trainer.states import TrainerFn
-        if self.trainer.state.fn == TrainerFn.VALIDATING and nni.get_current_parameter() is not None \
+        if self.trainer.state.fn == TrainerFn.VALIDATING and self._reporting() \
                 and self.last_scores:
             nni.report_final_result(self._report())
 

@@ -1,0 +1,139 @@
+"""``sparsemask demo`` (what ``make demo`` runs): the whole pipeline on the built-in DigitScenes data.
+
+pretrain (cached) -> SparseMask search on the FDN space -> prune at sigma -> retrain the searched decoder ->
+evaluate, and, with the same data, epochs and learning rate, the dense FDN and the ``baselines`` (FCN by
+default). It prints one table (method, edges, mIoU, params encoder+decoder, FPS, FPS / dense FDN FPS) with the
+per-class IoU of every network (so a background-only result is visible) and writes::
+
+    OUT/config.json, OUT/search/ (search run), OUT/sparsemask/, OUT/fdn/, OUT/fcn/ (retrain runs),
+    OUT/w_heatmap.png (final w of the search), OUT/demo.json + OUT/table.md (the table), OUT/demo_seconds.json
+
+``--resume`` continues an interrupted demo: finished steps are kept, an interrupted step resumes from its
+last checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .pipeline import DataConfig, ModelConfig, TrainConfig, resolve_backbone_weights
+from .rundir import RunDir
+from .workflow import format_iou, run_retrain, run_search
+
+__all__ = ["DemoConfig", "run_demo", "demo_table"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's settings (defaults: what ``make demo`` runs; see the README for the measured time)."""
+
+    search_epochs: int = 15
+    retrain_epochs: int = 15
+    train_scenes: int = 2000
+    val_scenes: int = 500
+    image_size: int = 64
+    learning_rate: float = 0.02
+    arc_learning_rate: float = 0.02
+    lambda_sparse: float = 0.01
+    threshold: float = 1e-3
+    seed: int = 0
+    pretrain_scenes: int = 6000
+    pretrain_epochs: int = 12
+    baselines: tuple = ("fcn",)
+    fps_size: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        for name in ("search_epochs", "retrain_epochs", "train_scenes", "val_scenes", "image_size", "fps_size",
+                     "pretrain_scenes", "pretrain_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"demo {name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        from .baselines.registry import DECODERS
+        for name in self.baselines:
+            DECODERS.get(name)
+        if "fdn" in self.baselines:
+            raise ValueError("the dense FDN is always trained by the demo; leave 'fdn' out of --baselines")
+
+
+def demo_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the demo's networks (rows as written to ``demo.json``)."""
+    lines = ["| method | edges | mIoU | PixAcc | params (enc+dec) | FPS | FPS / dense FDN |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        edges = "-" if r.get("edges") is None else str(r["edges"])
+        lines.append(f"| {r['name']} | {edges} | {100 * r['miou']:.1f} | {100 * r['pixel_accuracy']:.1f} | "
+                     f"{r['params']} | {r['fps']:.1f} | {r['fps_ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool = False, resume: bool = False,
+             progress: bool = True, log: Callable[[str], None] = print, accelerator: str = "auto") -> dict[str, Any]:
+    """Run the demo into ``out``; returns ``{"rows": [...], "seconds": {...}}`` (also in ``out/demo.json``)."""
+    import torch
+
+    cfg = cfg or DemoConfig()
+    run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume)
+    data = DataConfig(image_size=cfg.image_size, train_scenes=cfg.train_scenes, val_scenes=cfg.val_scenes,
+                      seed=cfg.seed)
+    model = ModelConfig()
+    train = TrainConfig(epochs=cfg.retrain_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed)
+    seconds: dict[str, float] = {}
+    t_all = time.time()
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.time()
+        log(f"\n[demo] --- {name} ---")
+        result = fn()
+        seconds[name] = round(time.time() - t0, 1)
+        log(f"[demo] {name}: {seconds[name]:.0f} s")
+        return result
+
+    common = dict(resume=resume, progress=progress, log=log, accelerator=accelerator)
+    weights = step("pretrain", lambda: resolve_backbone_weights(
+        model, data, log, {"num_scenes": cfg.pretrain_scenes, "epochs": cfg.pretrain_epochs, "seed": cfg.seed}))
+    model = dataclasses.replace(model, backbone_weights=weights)  # every later step loads this very file
+    search = step("search", lambda: run_search(
+        run.file("search"), "sparsemask", {"lambda_sparse": cfg.lambda_sparse, "threshold": cfg.threshold,
+                                           "seed": cfg.seed}, data, model, epochs=cfg.search_epochs,
+        learning_rate=cfg.learning_rate, arc_learning_rate=cfg.arc_learning_rate, **common))
+    heatmap = run.file("search") / "w_heatmap.png"
+    if heatmap.is_file():
+        shutil.copyfile(heatmap, run.file("w_heatmap.png"))
+    nets = [("SparseMask (searched)", "sparsemask", dict(connectivity=run.file("search") / "connectivity.json")),
+            ("FDN (dense)", "fdn", dict(decoder="fdn"))]
+    nets += [(name.upper() if name == "fcn" else name, name, dict(decoder=name)) for name in cfg.baselines]
+    results = {}
+    for title, sub, which in nets:
+        results[sub] = step(f"retrain {sub}", lambda sub=sub, which=which: run_retrain(
+            run.file(sub), data, model, train, fps_size=cfg.fps_size, **which, **common))
+    dense_fps = results["fdn"]["fps"]
+    rows = []
+    for title, sub, _ in nets:
+        m = results[sub]
+        rows.append({"name": title, "run": str(run.file(sub)), "edges": m.get("edges"), "miou": m["miou"],
+                     "pixel_accuracy": m["pixel_accuracy"], "params": m["params"],
+                     "params_decoder": m["params_decoder"], "fps": m["fps"], "fps_ratio": m["fps"] / dense_fps,
+                     "iou": m["iou"]})
+    seconds["total"] = round(time.time() - t_all, 1)
+    table = demo_table(rows)
+    threads = torch.get_num_threads()
+    note = (f"FPS: {results['fdn']['fps_device']}, {cfg.fps_size}x{cfg.fps_size}, batch 1, {threads} threads. "
+            f"Search {cfg.search_epochs} epochs, every network retrained {cfg.retrain_epochs} epochs on "
+            f"{cfg.train_scenes} DigitScenes {cfg.image_size}px scenes; mIoU on {cfg.val_scenes} val scenes.")
+    log("\n" + table + "\n" + note)
+    for r in rows:
+        log(f"  {r['name']} per-class IoU: {format_iou(r['iou'])}")
+    gap = search.get("binarization_gap")
+    log(f"SparseMask search kept {search.get('edges')} edges; binarisation gap {gap}; heatmap of the final w: "
+        f"{run.file('w_heatmap.png')}")
+    log(f"demo time: {seconds['total']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items() if k != 'total')})")
+    summary = {"rows": rows, "seconds": seconds, "search": {k: search.get(k) for k in ("edges", "binarization_gap")},
+               "note": note}
+    run.write_json("demo.json", summary)
+    run.file("table.md").write_text(table + "\n\n" + note + "\n")
+    return summary

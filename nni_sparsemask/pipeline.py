@@ -1,0 +1,333 @@
+"""The steps behind ``sparsemask retrain`` / ``evaluate`` / ``demo``: typed configs, data loaders, backbone
+weights, training a fixed network (resumable), and evaluating it (mIoU, per-class IoU, params, FPS).
+
+A trained network's run directory holds::
+
+    config.json        {"command", "method", "params", "seed", "data", "model", "train", "decoder"}
+    connectivity.json  the decoder (FDN-space decoders; DeepLabV3 has none)
+    checkpoints/last.ckpt  Lightning checkpoint after every validation epoch (what --resume continues)
+    history.csv        one row per epoch: train_loss, val_loss, val_miou, val_pixacc, val_fg_iou, seconds
+    model.pt           the trained network's state_dict
+    metrics.json       final scores (the row ``sparsemask report`` reads; written last, marks the run finished)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from .connectivity import Connectivity
+from .rundir import RunDir
+
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "DATASETS", "make_loaders", "resolve_backbone_weights",
+           "build_network", "train_network", "evaluate_network", "check_connectivity", "class_names",
+           "HistoryCallback"]
+
+DATASETS = ("digitscenes", "voc")
+PRETRAINED = "pretrained"  # backbone_weights value: the cached DigitScenes classifier (sparsemask pretrain)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, at which size.
+
+    Attributes:
+        dataset: ``digitscenes`` (built in) or ``voc`` (PASCAL VOC 2012 under ``root``; ``train_aug`` when
+            ``sbd_root`` is given).
+        root / sbd_root: data set folders (``voc`` only).
+        image_size: DigitScenes scene side; the VOC training crop (and the padded eval size).
+        train_scenes / val_scenes: DigitScenes split sizes.
+        batch_size: training batch size (evaluation uses 4x).
+        task: DigitScenes view (``segmentation``, ``saliency``, ``edges``).
+        seed: seeds the scenes and the batch order.
+    """
+
+    dataset: str = "digitscenes"
+    root: Optional[str] = None
+    sbd_root: Optional[str] = None
+    image_size: int = 64
+    train_scenes: int = 2000
+    val_scenes: int = 500
+    batch_size: int = 16
+    task: str = "segmentation"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        if self.dataset == "voc" and not self.root:
+            raise ValueError("dataset 'voc' needs its root (--data-root), the folder that holds VOCdevkit/VOC2012")
+        for name in ("image_size", "train_scenes", "val_scenes", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.task not in ("segmentation", "saliency", "edges"):
+            raise ValueError(f"unknown task {self.task!r}; use segmentation, saliency or edges")
+
+    @property
+    def num_classes(self) -> int:
+        if self.dataset == "voc":
+            return 21
+        from .data.digitscenes import NUM_CLASSES
+        return NUM_CLASSES[self.task]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network around the decoder.
+
+    Attributes:
+        backbone: encoder name (``convnet``, ``mobilenet_v2``, ``resnet18``, ...).
+        backbone_kwargs: its constructor arguments (``{"widths": [...]}``, ``{"width_mult": 0.5}``).
+        backbone_weights: ``"pretrained"`` (the cached DigitScenes digit classifier of ``sparsemask pretrain``,
+            trained on first use), a local ``state_dict`` file, a torchvision weights name, or None (random).
+        decoder_channels: ``C_dec`` of the FDN decoder stages (ASPP channels for DeepLabV3).
+    """
+
+    backbone: str = "convnet"
+    backbone_kwargs: dict = field(default_factory=lambda: {"widths": [16, 32, 48, 64, 96]})
+    backbone_weights: Optional[str] = PRETRAINED
+    decoder_channels: int = 32
+
+    def __post_init__(self) -> None:
+        from .backbones import available_backbones
+        object.__setattr__(self, "backbone_kwargs", json.loads(json.dumps(dict(self.backbone_kwargs or {}))))
+        if self.backbone not in available_backbones():
+            raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(available_backbones())}")
+        if isinstance(self.decoder_channels, bool) or not isinstance(self.decoder_channels, int) \
+                or self.decoder_channels < 1:
+            raise ValueError(f"decoder_channels must be a positive integer, got {self.decoder_channels!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of a fixed network (retraining, the hand-designed decoders): SGD + poly decay, see ``train.py``."""
+
+    epochs: int = 10
+    learning_rate: float = 0.01
+    decoder_lr_mult: float = 10.0
+    weight_decay: float = 4e-5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+
+
+def config_from_dict(cls, data: Any, where: str):
+    """``cls(**data)`` with a clear error for unknown or missing fields (configs read back from JSON)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def class_names(data: DataConfig) -> list[str]:
+    if data.dataset == "voc":
+        from .data.voc import VOC_CLASSES
+        return list(VOC_CLASSES)
+    if data.task == "segmentation":
+        return ["background"] + [f"digit {d}" for d in range(10)]
+    return ["background", "digit" if data.task == "saliency" else "edge"]
+
+
+def make_loaders(data: DataConfig) -> tuple[Any, Any]:
+    """``(train, val)`` traced data loaders (they pickle without the data, for NNI trials)."""
+    from nni.nas.evaluator.pytorch.lightning import DataLoader
+
+    if data.dataset == "digitscenes":
+        from .train import DigitScenesLoader
+        common = dict(task=data.task, image_size=data.image_size, seed=data.seed)
+        train = DigitScenesLoader(batch_size=data.batch_size, shuffle=True, drop_last=True, split="train",
+                                  num_scenes=data.train_scenes, **common)
+        val = DigitScenesLoader(batch_size=4 * data.batch_size, split="val", num_scenes=data.val_scenes, **common)
+        return train, val
+    import nni
+    from .data.transforms import eval_transform, train_transform
+    from .data.voc import VOCSegmentation, resolve_voc_root
+    resolve_voc_root(data.root)  # a missing root fails here, with the expected layout
+    image_set = "train_aug" if data.sbd_root else "train"
+    train_set = nni.trace(VOCSegmentation)(data.root, image_set, sbd_root=data.sbd_root,
+                                           transform=nni.trace(train_transform)(crop_size=data.image_size))
+    val_set = nni.trace(VOCSegmentation)(data.root, "val", transform=nni.trace(eval_transform)(pad_to=data.image_size))
+    return (DataLoader(train_set, batch_size=data.batch_size, shuffle=True, drop_last=True, num_workers=2),
+            DataLoader(val_set, batch_size=1, num_workers=2))
+
+
+# ------------------------------------------------------------------------------------------------ network
+def resolve_backbone_weights(model: ModelConfig, data: DataConfig, log: Callable[[str], None] = print,
+                             pretrain_overrides: Optional[dict[str, Any]] = None) -> Optional[str]:
+    """The weights file for ``model.backbone_weights`` (``"pretrained"`` -> the cached DigitScenes classifier,
+    trained on first use with :class:`~.pretrain.PretrainConfig` defaults, or ``pretrain_overrides``)."""
+    if model.backbone_weights != PRETRAINED:
+        return model.backbone_weights
+    from .pretrain import PretrainConfig, pretrained_backbone
+    cfg = PretrainConfig(backbone=model.backbone, backbone_kwargs=model.backbone_kwargs,
+                         image_size=data.image_size if data.dataset == "digitscenes" else 64,
+                         **dict(pretrain_overrides or {}))
+    result = pretrained_backbone(cfg, log=log)
+    if result.cached:
+        log(f"[pretrain] using cached {model.backbone} weights {result.weights} "
+            f"(digit val accuracy {result.val_accuracy:.3f})")
+    return str(result.weights)
+
+
+def check_connectivity(conn: Connectivity, model: ModelConfig, num_classes: int, where: str) -> None:
+    """Refuse a connectivity searched for another backbone, other backbone arguments or another class count."""
+    if conn.backbone != model.backbone or dict(conn.backbone_kwargs) != dict(model.backbone_kwargs):
+        raise ValueError(f"{where} was searched on backbone {conn.backbone} {dict(conn.backbone_kwargs)}, not "
+                         f"{model.backbone} {dict(model.backbone_kwargs)}; pass the same --backbone, or transfer "
+                         f"it first (Connectivity.transfer)")
+    searched = conn.meta.get("num_classes")
+    if searched is not None and int(searched) != num_classes:
+        raise ValueError(f"{where} was searched for {searched} classes but the data set has {num_classes}; "
+                         "search again on this data set")
+
+
+def build_network(model: ModelConfig, num_classes: int, *, connectivity: Optional[Connectivity] = None,
+                  decoder: Optional[str] = None, weights: Optional[str] = None) -> nn.Module:
+    """Encoder (with ``weights``) + the decoder given as a ``connectivity`` or a registered ``decoder`` name."""
+    if (connectivity is None) == (decoder is None):
+        raise ValueError("give exactly one of connectivity (--connectivity) and decoder (--decoder)")
+    if decoder is not None:
+        from .baselines import build_decoder
+        return build_decoder(decoder, model.backbone, num_classes, decoder_channels=model.decoder_channels,
+                             backbone_kwargs=model.backbone_kwargs, backbone_weights=weights)
+    from .model import build_pruned
+    return build_pruned(connectivity, num_classes, model.decoder_channels, backbone_weights=weights,
+                        backbone_kwargs=model.backbone_kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ training
+class HistoryCallback:
+    """Lightning callback: one row per validation epoch into ``history.csv`` (kept in checkpoints for resume)."""
+
+    def __new__(cls, run: RunDir, t0: float):
+        import pytorch_lightning as pl
+
+        class _History(pl.Callback):
+            def __init__(self) -> None:
+                self.rows: list[dict[str, Any]] = []
+
+            def on_train_epoch_start(self, trainer, module) -> None:
+                self._losses: list[float] = []
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                if loss is not None:
+                    self._losses.append(float(loss.detach()))
+
+            def on_validation_end(self, trainer, module) -> None:
+                # (not on_validation_epoch_end: callbacks run before the module's hook that sets last_scores)
+                if trainer.sanity_checking:
+                    return
+                losses = getattr(self, "_losses", [])
+                row = {"epoch": trainer.current_epoch + 1,
+                       "train_loss": sum(losses) / len(losses) if losses else math.nan,
+                       **{k: v for k, v in module.last_scores.items()}, "seconds": round(time.time() - t0, 2)}
+                self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+                run.write_history(self.rows)
+
+            def state_dict(self) -> dict[str, Any]:
+                return {"rows": self.rows}
+
+            def load_state_dict(self, state: dict[str, Any]) -> None:
+                self.rows = list(state.get("rows", []))
+
+        return _History()
+
+
+def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataConfig, *, resume: bool = False,
+                  progress: bool = True, accelerator: str = "auto", report_to_nni: bool = False
+                  ) -> tuple[nn.Module, list[dict[str, Any]], float]:
+    """Train ``net`` with L_task (SGD, poly decay, decoder lr x10); checkpoint every epoch into ``run``.
+
+    With ``resume`` and a ``checkpoints/last.ckpt`` in ``run``, training continues from it; ``report_to_nni``
+    sends every epoch's val mIoU to NNI (an ``nnictl`` trial) as intermediate results. Returns the trained
+    network, the history rows and the training seconds (of this call).
+    """
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from .train import SegmentationModule
+
+    module = SegmentationModule(num_classes=data.num_classes, learning_rate=train.learning_rate,
+                                decoder_lr_mult=train.decoder_lr_mult, weight_decay=train.weight_decay,
+                                seed=train.seed)
+    module.set_model(net)
+    module.report_to_nni = report_to_nni
+    train_loader, val_loader = make_loaders(data)
+    t0 = time.time()
+    history = HistoryCallback(run, t0)
+    ckpt = ModelCheckpoint(dirpath=run.checkpoints, filename="epoch{epoch}", save_last=True, save_top_k=0,
+                           auto_insert_metric_name=False)
+    last = run.checkpoints / "last.ckpt"
+    trainer = pl.Trainer(max_epochs=train.epochs, accelerator=accelerator, devices=1, logger=False,
+                         callbacks=[history, ckpt], enable_progress_bar=progress, num_sanity_val_steps=0,
+                         enable_model_summary=False, default_root_dir=str(run.path))
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    return net, history.rows, time.time() - t0
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, fps_batch: int = 1,
+                     device: Optional[str] = None, fps_seconds: float = 2.0, progress: bool = True
+                     ) -> dict[str, Any]:
+    """mIoU, pixel accuracy, per-class IoU and foreground IoU on the val split; params (encoder + decoder) and
+    FPS at ``fps_size`` x ``fps_size`` (batch ``fps_batch``) on ``device``."""
+    from tqdm.auto import tqdm
+
+    from .metrics import SegmentationMetrics, count_parameters, format_params, measure_fps
+    from .train import segmentation_scores
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = net.to(device).eval()
+    _, val_loader = make_loaders(data)
+    metrics = SegmentationMetrics(data.num_classes)
+    for x, y in tqdm(val_loader, desc="evaluate", disable=not progress, leave=False):
+        metrics.update(net(x.to(device)), y.to(device))
+    scores = metrics.compute()
+    extra = segmentation_scores(metrics)
+    per_class = scores.as_dict(class_names(data))["iou"]
+    params = count_parameters(net)
+    fps = measure_fps(net, input_size=(fps_size, fps_size), batch_size=fps_batch, device=device,
+                      min_run_time=fps_seconds)
+    return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "fg_iou": extra["fg_iou"],
+            "iou": per_class, "params_encoder": params.encoder, "params_decoder": params.decoder,
+            "params": format_params(params), "fps": fps.fps, "fps_device": fps.device,
+            "fps_input": [fps_size, fps_size], "fps_batch": fps_batch, "fps_threads": torch.get_num_threads()}
+
+
+def save_weights(net: nn.Module, path: Union[str, Path]) -> None:
+    """``torch.save(net.state_dict())`` atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def load_weights(net: nn.Module, path: Union[str, Path]) -> nn.Module:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the run has not finished training (retrain it, or --resume)")
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit the network described by the run's config.json / "
+                         f"connectivity.json: {str(err).splitlines()[0]}") from None
+    return net

@@ -1,0 +1,236 @@
+"""The commands of the pipeline as functions: ``search`` -> ``prune`` -> ``retrain`` -> ``evaluate``, and ``demo``.
+
+Each takes typed configs (:mod:`.pipeline`) and an output run directory (:class:`~.rundir.RunDir`: refused when
+it exists, unless ``overwrite`` or ``resume``), writes its files there and returns a summary dict. The CLI
+(:mod:`.cli`) only parses arguments into these calls.
+
+Search run directory::
+
+    config.json, search/ (the strategy's own run dir: checkpoints, search_result.json),
+    connectivity_full.json (every edge with its final w and the w history: what ``prune`` re-thresholds),
+    connectivity.json (pruned at sigma), w_heatmap.png, search.json (summary; written last = finished)
+
+A random / Rand(Rule) search samples decoders instead: ``samples/sample-NN.json`` and ``connectivity.json`` =
+the first sample.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .connectivity import Connectivity
+from .pipeline import (DataConfig, ModelConfig, TrainConfig, build_network, check_connectivity, config_from_dict,
+                       evaluate_network, load_weights, make_loaders, resolve_backbone_weights, save_weights,
+                       train_network)
+from .rundir import RunDir, read_json
+
+__all__ = ["run_search", "run_prune", "run_retrain", "run_evaluate", "load_run_network", "SEARCH_DONE"]
+
+SEARCH_DONE = "search.json"
+Log = Callable[[str], None]
+
+
+def _base_config(command: str, method: str, params: dict[str, Any], seed: int, data: DataConfig,
+                 model: ModelConfig) -> dict[str, Any]:
+    return {"command": command, "method": method, "params": params, "seed": seed,
+            "data": dataclasses.asdict(data), "model": dataclasses.asdict(model)}
+
+
+def _heatmap(conn: Connectivity, path: Path, title: str, log: Log) -> None:
+    try:
+        from .analysis import plot_w_heatmaps, save_figure
+        save_figure(plot_w_heatmaps({title: conn}), path)
+    except Exception as err:  # the figure is a convenience; the JSON files are the result
+        log(f"(heatmap not written: {err})")
+
+
+# ------------------------------------------------------------------------------------------------ search
+def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], data: DataConfig,
+               model: ModelConfig, *, epochs: int = 15, learning_rate: float = 0.02,
+               arc_learning_rate: float = 0.02, overwrite: bool = False, resume: bool = False,
+               progress: bool = True, accelerator: str = "auto", log: Log = print) -> dict[str, Any]:
+    """Search a decoder of the FDN space with ``strategy`` (see ``baselines.STRATEGIES``) on ``data``."""
+    from .baselines.registry import STRATEGIES, build_strategy, validate_strategy_args
+
+    entry = STRATEGIES.get(strategy)
+    params = validate_strategy_args(strategy, strategy_args)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"--epochs must be an integer >= 1, got {epochs!r}")
+    config = _base_config("search", strategy, params, int(params.get("seed", 0)), data, model)
+    if entry.kind == "oneshot":
+        config["search"] = {"epochs": epochs, "learning_rate": learning_rate, "arc_learning_rate": arc_learning_rate}
+    run = RunDir(out, config, overwrite=overwrite, resume=resume)
+    if run.resumed and run.file(SEARCH_DONE).is_file():
+        log(f"[search] {run.path} is already finished; its results are kept as they are")
+        return read_json(run.file(SEARCH_DONE))
+    meta = {"method": strategy, "params": params, "num_classes": data.num_classes, "dataset": data.dataset}
+    t0 = time.time()
+    if entry.kind == "sampler":
+        from .backbones import build_backbone
+        sampler = build_strategy(strategy, params)
+        info = build_backbone(model.backbone, **model.backbone_kwargs).feature_info
+        conns = sampler.sample(model.backbone, info, model.backbone_kwargs)
+        samples = run.file("samples")
+        samples.mkdir(exist_ok=True)
+        for i, c in enumerate(conns):
+            c.meta = dict(c.meta, **meta, sample=i)
+            c.to_json(samples / f"sample-{i:02d}.json", overwrite=True)
+        conn = conns[0]
+        summary = {"method": strategy, "params": params, "samples": len(conns),
+                   "edges": [c.num_edges for c in conns], "search_seconds": time.time() - t0}
+    else:
+        from nni.nas.experiment import NasExperiment
+
+        from .space import FDNSpace
+        from .train import Segmentation
+
+        weights = resolve_backbone_weights(model, data, log)
+        space = FDNSpace(model.backbone, num_classes=data.num_classes, decoder_channels=model.decoder_channels,
+                         backbone_weights=weights, backbone_kwargs=model.backbone_kwargs)
+        train_loader, val_loader = make_loaders(data)
+        evaluator = Segmentation(num_classes=data.num_classes, learning_rate=learning_rate,
+                                 train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=epochs,
+                                 accelerator=accelerator, enable_checkpointing=False, logger=False,
+                                 enable_progress_bar=progress, enable_model_summary=False)
+        strat = build_strategy(strategy, params, run_dir=run.file("search"), arc_learning_rate=arc_learning_rate)
+        log(f"[search] {strategy} {params}: {epochs} epochs on {data.dataset} ({data.train_scenes} scenes, "
+            f"{data.image_size}px), run dir {run.path}")
+        NasExperiment(space, evaluator, strat).run()
+        full = space.connectivity_from_weights(strat.weights(), None, strat.history(), meta)
+        full.to_json(run.file("connectivity_full.json"), overwrite=True)
+        conn = strat.connectivity()
+        conn.meta = dict(conn.meta, **meta)
+        gap = strat.binarization()["overall"]
+        summary = {"method": strategy, "params": params, "edges": conn.num_edges, "stages": len(conn.stages()),
+                   "binarization": gap, "binarization_gap": gap.get("gap"), "weights": strat.weights(),
+                   "search_seconds": time.time() - t0}
+        _heatmap(full, run.file("w_heatmap.png"), strategy, log)
+    conn.to_json(run.file("connectivity.json"), overwrite=True)
+    run.write_json(SEARCH_DONE, summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ prune
+def run_prune(search_dir: str | Path, out: str | Path, threshold: float, *, overwrite: bool = False,
+              log: Log = print) -> dict[str, Any]:
+    """Re-threshold a finished search at ``threshold`` without training: ``out/connectivity.json``."""
+    search_dir = Path(search_dir)
+    if not 0 < threshold < 1:
+        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
+    full_path = search_dir / "connectivity_full.json"
+    if not full_path.is_file():
+        raise FileNotFoundError(f"{full_path} not found: give the run directory of a finished one-shot search "
+                                "(sparsemask search --strategy sparsemask|l1 ...)")
+    full = Connectivity.from_json(full_path)
+    src = read_json(search_dir / "config.json", "config.json of the search")
+    config = dict(src, command="prune", source=str(search_dir), params=dict(src.get("params") or {},
+                  threshold=threshold))
+    run = RunDir(out, config, overwrite=overwrite)
+    conn = full.prune(threshold)
+    conn.meta = dict(conn.meta, params=config["params"])
+    conn.to_json(run.file("connectivity.json"), overwrite=True)
+    kept = [e.weight for e in conn.edges]
+    dropped = [e.weight for e in full.edges if e.weight < threshold]
+    gap = (min(kept) / max(dropped) if dropped and max(dropped) > 0 else float("inf")) if kept else None
+    summary = {"method": config.get("method"), "params": config["params"], "edges": conn.num_edges,
+               "stages": len(conn.stages()), "threshold": threshold, "binarization_gap": gap, "source": str(search_dir)}
+    run.write_json(SEARCH_DONE, summary)
+    log(f"[prune] {full.num_edges} edges -> {conn.num_edges} kept at sigma={threshold} "
+        f"({len(conn.stages())} stages): {run.file('connectivity.json')}")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ retrain
+def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: TrainConfig, *,
+                connectivity: str | Path | None = None, decoder: Optional[str] = None, fps_size: int = 512,
+                fps_batch: int = 1, overwrite: bool = False, resume: bool = False, progress: bool = True,
+                accelerator: str = "auto", log: Log = print) -> dict[str, Any]:
+    """Train a fixed decoder (a searched ``connectivity.json`` or a hand-designed ``decoder``) with L_task only,
+    evaluate it, and write ``metrics.json`` (the row Table 1 and Fig. 4 read)."""
+    if (connectivity is None) == (decoder is None):
+        raise ValueError("give exactly one of --connectivity FILE and --decoder NAME")
+    conn = None
+    extra: dict[str, Any] = {}
+    if connectivity is not None:
+        conn = Connectivity.from_json(Path(connectivity))
+        check_connectivity(conn, model, data.num_classes, str(connectivity))
+        method = str(conn.meta.get("method", "searched"))
+        params = dict(conn.meta.get("params") or {})
+        for key in ("binarization_gap", "search_seconds"):
+            summary = Path(connectivity).parent / SEARCH_DONE
+            if summary.is_file():
+                value = read_json(summary).get(key)
+                if value is not None:
+                    extra[key] = value
+    else:
+        from .baselines.registry import DECODERS
+        DECODERS.get(decoder)  # unknown name -> clear error before anything is written
+        method, params = decoder, {}
+    config = _base_config("retrain", method, params, train.seed, data, model)
+    config.update(train=dataclasses.asdict(train), decoder=decoder,
+                  connectivity=str(connectivity) if connectivity is not None else None,
+                  fps={"size": fps_size, "batch": fps_batch})
+    run = RunDir(out, config, overwrite=overwrite, resume=resume)
+    if run.finished:
+        log(f"[retrain] {run.path} is already finished; its results are kept as they are")
+        return read_json(run.file("metrics.json"))
+    if conn is not None:
+        conn.to_json(run.file("connectivity.json"), overwrite=True)
+    weights = resolve_backbone_weights(model, data, log)
+    net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=weights)
+    if conn is None and decoder != "deeplabv3":
+        from .baselines import decoder_connectivity
+        decoder_connectivity(decoder, model.backbone, net.encoder.feature_info, model.backbone_kwargs).to_json(
+            run.file("connectivity.json"), overwrite=True)
+    log(f"[retrain] {method}: {train.epochs} epochs on {data.dataset}, run dir {run.path}")
+    net, history, seconds = train_network(net, run, train, data, resume=run.resumed, progress=progress,
+                                          accelerator=accelerator)
+    save_weights(net, run.file("model.pt"))
+    scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, progress=progress)
+    edges = conn.num_edges if conn is not None else None
+    stages = len(conn.stages()) if conn is not None else None
+    if conn is None and run.file("connectivity.json").is_file():
+        c = Connectivity.from_json(run.file("connectivity.json"))
+        edges, stages = c.num_edges, len(c.stages())
+    metrics = {"method": method, "params": params, "seed": train.seed, **scores, "edges": edges,
+               "stages": stages, "train_seconds": seconds, "epochs": train.epochs, **extra}
+    run.write_json("metrics.json", metrics)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+def load_run_network(run_dir: str | Path) -> tuple[Any, DataConfig, ModelConfig]:
+    """The trained network of a finished ``retrain`` run, rebuilt from its config.json (+ connectivity.json)."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json", "config.json of the run")
+    if config.get("command") != "retrain":
+        raise ValueError(f"{run_dir} is a {config.get('command')!r} run; evaluate takes a retrain run directory")
+    where = str(run_dir / "config.json")
+    data = config_from_dict(DataConfig, config.get("data"), where)
+    model = config_from_dict(ModelConfig, config.get("model"), where)
+    if config.get("decoder") == "deeplabv3":  # its own head: no connectivity
+        net = build_network(model, data.num_classes, decoder="deeplabv3")
+    else:
+        net = build_network(model, data.num_classes, connectivity=Connectivity.from_json(run_dir / "connectivity.json"))
+    return load_weights(net, run_dir / "model.pt"), data, model
+
+
+def run_evaluate(run_dir: str | Path, *, fps_size: int = 512, fps_batch: int = 1, device: Optional[str] = None,
+                 overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a finished retrain run again (e.g. FPS on another device): ``evaluate.json``."""
+    run_dir = Path(run_dir)
+    target = run_dir / "evaluate.json"
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+    net, data, _ = load_run_network(run_dir)
+    scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, device=device, progress=progress)
+    from .rundir import write_json_atomic
+    write_json_atomic(target, scores)
+    return scores
+
+
+def format_iou(iou: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {'-' if v is None else f'{v:.2f}'}" for k, v in iou.items())
