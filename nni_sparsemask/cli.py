@@ -123,7 +123,7 @@ def _retrain(args) -> int:
     m = run_retrain(args.out, _data(args), _model(args), train, connectivity=args.connectivity,
                     decoder=args.decoder, fps_size=args.fps_size, fps_batch=args.fps_batch,
                     overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
-    print(f"[retrain] {m['method']}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params']}, "
+    print(f"[retrain] {m['method']}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params_text']}, "
           f"{m['fps']:.1f} FPS ({m['fps_device']}, {m['fps_input'][0]}px, batch {m['fps_batch']})")
     print(f"  per-class IoU: {format_iou(m['iou'])}")
     return 0
@@ -134,7 +134,7 @@ def _evaluate(args) -> int:
 
     m = run_evaluate(args.run, fps_size=args.fps_size, fps_batch=args.fps_batch, device=args.device,
                      overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"[evaluate] {args.run}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params']}, "
+    print(f"[evaluate] {args.run}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params_text']}, "
           f"{m['fps']:.1f} FPS ({m['fps_device']}, {args.fps_size}px, batch {args.fps_batch})")
     print(f"  per-class IoU: {format_iou(m['iou'])}")
     return 0
@@ -146,6 +146,7 @@ def _demo(args) -> int:
     cfg = DemoConfig(search_epochs=args.search_epochs, retrain_epochs=args.retrain_epochs,
                      train_scenes=args.train_scenes, image_size=args.image_size, lambda_sparse=args.lambda_sparse,
                      threshold=args.threshold, seed=args.seed, baselines=tuple(args.baselines),
+                     pretrain_scenes=args.pretrain_scenes, pretrain_epochs=args.pretrain_epochs,
                      fps_size=args.fps_size)
     run_demo(args.out, cfg, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     return 0
@@ -223,15 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="pretrain -> search -> prune -> retrain -> evaluate on DigitScenes, vs dense FDN")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--search-epochs", type=int, default=15)
-    p.add_argument("--retrain-epochs", type=int, default=15)
-    p.add_argument("--train-scenes", type=int, default=2000)
+    p.add_argument("--search-epochs", type=int, default=10)
+    p.add_argument("--retrain-epochs", type=int, default=12)
+    p.add_argument("--train-scenes", type=int, default=4000)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--lambda-sparse", type=float, default=0.01)
     p.add_argument("--threshold", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baselines", nargs="*", default=["fcn"], help="hand-designed decoders retrained beside "
                    "the dense FDN (default: fcn)")
+    p.add_argument("--pretrain-scenes", type=int, default=6000, help="backbone pre-training scenes (cached)")
+    p.add_argument("--pretrain-epochs", type=int, default=12, help="backbone pre-training epochs (cached)")
     p.add_argument("--fps-size", type=int, default=256, help="FPS input side (default 256)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
@@ -246,8 +249,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DropNoise:
+    """Logging filter for NNI messages that repeat on every in-process experiment and say nothing to act on."""
+
+    NOISE = ("`training_service` will be ignored", "Checkpoint callback is found to be None")
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        return not any(n in msg for n in self.NOISE)
+
+
+def _quiet_nni() -> None:
+    import logging
+    for handler in logging.getLogger("nni").handlers:
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("search", "demo"):
+        import nni  # noqa: F401  (sets up NNI's log handlers, which the filter is attached to)
+        _quiet_nni()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -31,9 +31,9 @@ __all__ = ["DemoConfig", "run_demo", "demo_table"]
 class DemoConfig:
     """The demo's settings (defaults: what ``make demo`` runs; see the README for the measured time)."""
 
-    search_epochs: int = 15
-    retrain_epochs: int = 15
-    train_scenes: int = 2000
+    search_epochs: int = 10
+    retrain_epochs: int = 12
+    train_scenes: int = 4000
     val_scenes: int = 500
     image_size: int = 64
     learning_rate: float = 0.02
@@ -95,7 +95,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
 
     common = dict(resume=resume, progress=progress, log=log, accelerator=accelerator)
     weights = step("pretrain", lambda: resolve_backbone_weights(
-        model, data, log, {"num_scenes": cfg.pretrain_scenes, "epochs": cfg.pretrain_epochs, "seed": cfg.seed}))
+        model, data, log, {"num_scenes": cfg.pretrain_scenes, "epochs": cfg.pretrain_epochs, "seed": cfg.seed}, progress))
     model = dataclasses.replace(model, backbone_weights=weights)  # every later step loads this very file
     search = step("search", lambda: run_search(
         run.file("search"), "sparsemask", {"lambda_sparse": cfg.lambda_sparse, "threshold": cfg.threshold,
@@ -116,7 +116,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     for title, sub, _ in nets:
         m = results[sub]
         rows.append({"name": title, "run": str(run.file(sub)), "edges": m.get("edges"), "miou": m["miou"],
-                     "pixel_accuracy": m["pixel_accuracy"], "params": m["params"],
+                     "pixel_accuracy": m["pixel_accuracy"], "params": m["params_text"],
                      "params_decoder": m["params_decoder"], "fps": m["fps"], "fps_ratio": m["fps"] / dense_fps,
                      "iou": m["iou"]})
     seconds["total"] = round(time.time() - t_all, 1)

@@ -170,7 +170,8 @@ def make_loaders(data: DataConfig) -> tuple[Any, Any]:
 
 # ------------------------------------------------------------------------------------------------ network
 def resolve_backbone_weights(model: ModelConfig, data: DataConfig, log: Callable[[str], None] = print,
-                             pretrain_overrides: Optional[dict[str, Any]] = None) -> Optional[str]:
+                             pretrain_overrides: Optional[dict[str, Any]] = None, progress: bool = True
+                             ) -> Optional[str]:
     """The weights file for ``model.backbone_weights`` (``"pretrained"`` -> the cached DigitScenes classifier,
     trained on first use with :class:`~.pretrain.PretrainConfig` defaults, or ``pretrain_overrides``)."""
     if model.backbone_weights != PRETRAINED:
@@ -179,7 +180,7 @@ def resolve_backbone_weights(model: ModelConfig, data: DataConfig, log: Callable
     cfg = PretrainConfig(backbone=model.backbone, backbone_kwargs=model.backbone_kwargs,
                          image_size=data.image_size if data.dataset == "digitscenes" else 64,
                          **dict(pretrain_overrides or {}))
-    result = pretrained_backbone(cfg, log=log)
+    result = pretrained_backbone(cfg, log=log, progress=progress)
     if result.cached:
         log(f"[pretrain] using cached {model.backbone} weights {result.weights} "
             f"(digit val accuracy {result.val_accuracy:.3f})")
@@ -309,7 +310,7 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, f
                       min_run_time=fps_seconds)
     return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "fg_iou": extra["fg_iou"],
             "iou": per_class, "params_encoder": params.encoder, "params_decoder": params.decoder,
-            "params": format_params(params), "fps": fps.fps, "fps_device": fps.device,
+            "params_text": format_params(params), "fps": fps.fps, "fps_device": fps.device,
             "fps_input": [fps_size, fps_size], "fps_batch": fps_batch, "fps_threads": torch.get_num_threads()}
 
 

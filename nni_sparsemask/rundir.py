@@ -111,4 +111,5 @@ class RunDir:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """Keys that may differ between an interrupted run and its resumption are ignored."""
-    return {k: v for k, v in config.items() if k not in {"resume", "overwrite", "version", "out"}}
+    kept = {k: v for k, v in config.items() if k not in {"resume", "overwrite", "version", "out"}}
+    return json.loads(json.dumps(kept, default=str))  # as read back from config.json (tuples become lists)

@@ -87,7 +87,7 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
         from .space import FDNSpace
         from .train import Segmentation
 
-        weights = resolve_backbone_weights(model, data, log)
+        weights = resolve_backbone_weights(model, data, log, progress=progress)
         space = FDNSpace(model.backbone, num_classes=data.num_classes, decoder_channels=model.decoder_channels,
                          backbone_weights=weights, backbone_kwargs=model.backbone_kwargs)
         train_loader, val_loader = make_loaders(data)
@@ -179,7 +179,7 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
         return read_json(run.file("metrics.json"))
     if conn is not None:
         conn.to_json(run.file("connectivity.json"), overwrite=True)
-    weights = resolve_backbone_weights(model, data, log)
+    weights = resolve_backbone_weights(model, data, log, progress=progress)
     net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=weights)
     if conn is None and decoder != "deeplabv3":
         from .baselines import decoder_connectivity

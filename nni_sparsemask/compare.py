@@ -1,0 +1,566 @@
+"""``sparsemask compare CONFIG``: the strategy comparison as an NNI experiment, launched safely, then reported.
+
+1. Checks the config before anything starts: NNI's own config classes (``nni.experiment.config.ExperimentConfig``:
+   fields, types, training service), then the comparison's grid (every entry a known strategy or decoder with
+   valid hyper-parameters, see :mod:`.trial`) and the trial settings of the ``nni_sparsemask.trial`` command.
+2. Starts the experiment (``--resume ID``: continues a stopped one; GridSearch skips the finished entries and
+   every trial reuses a finished run directory). On the ``local`` training service NNI's manager is kept on
+   127.0.0.1: its REST API and web UI have no authentication, and its ``app.listen(port)`` would bind every
+   interface, so the manager's Node process gets the preload ``loopback.js`` (``node --require`` through
+   ``NODE_OPTIONS``), and after the start its listening sockets are checked (anything off loopback: stopped).
+   Cluster training services need the manager reachable from the workers: only with ``--expose``.
+3. Prints the web UI address, follows the trials until the grid is done, writes the report (``write_report``:
+   Table 1, Fig. 4, Fig. 5) into ``--results`` (default ``reports/<experiment id>``) and stops the manager by
+   its own process id. Ctrl-C (or SIGTERM) stops it too; ``--resume ID`` carries on later.
+
+Wire it into the ``sparsemask`` command with :func:`register_cli`; ``python -m nni_sparsemask.compare`` runs it
+alone.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+__all__ = ["ComparisonPlan", "LOOPBACK_JS", "load_config", "plan_comparison", "loopback_environment",
+           "listening_addresses", "start_experiment", "stop_experiment", "run_compare", "register_cli", "main"]
+
+LOOPBACK_JS = Path(__file__).with_name("loopback.js")
+TRIAL_MODULE = "nni_sparsemask.trial"
+FINISHED_STATUSES = ("DONE", "STOPPED", "ERROR")
+#: GridSearch ends with "no more trial" (NNI sets DONE only at maxTrialNumber): done once no trial is active
+NO_MORE_TRIAL_STATUSES = ("NO_MORE_TRIAL", "TUNER_NO_MORE_TRIAL")
+ACTIVE_TRIAL_STATUSES = ("WAITING", "RUNNING", "UNKNOWN")
+Log = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------------------------------ config
+def _reason(err: BaseException) -> str:
+    """One line for an error raised inside NNI's config classes (their bare ``assert``s have no message)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if not text:
+        frames = traceback.extract_tb(err.__traceback__)
+        text = frames[-1].line if frames and frames[-1].line else type(err).__name__
+    return f"{text}" if isinstance(err, (ValueError, TypeError)) else f"{type(err).__name__}: {text}"
+
+
+def load_config(path: str | Path) -> Any:
+    """The experiment config in ``path`` as NNI's ``ExperimentConfig``, validated by NNI (``canonical_copy``).
+
+    Missing file -> ``FileNotFoundError``; bad YAML, unknown fields, wrong values -> ``ValueError`` (one line).
+    """
+    import yaml
+    from nni.experiment.config import ExperimentConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment config not found: {path}")
+    try:
+        config = ExperimentConfig.load(str(path))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # NNI raises TypeError / ValueError / AttributeError / AssertionError for bad fields
+        raise ValueError(f"{path} is not a valid NNI experiment config: {_reason(err)}") from None
+    if type(config) is not ExperimentConfig:
+        raise ValueError(f"{path} is a {type(config).__name__}: the comparison is an HPO experiment (nnictl cannot "
+                         "launch NAS experiments); use experimentType hpo")
+    validate_config(config, str(path))
+    return config
+
+
+def validate_config(config: Any, where: str) -> Any:
+    """NNI's own validation of ``config``; returns the canonical copy (paths absolute, shortcuts filled in)."""
+    try:
+        return config.canonical_copy()
+    except Exception as err:
+        raise ValueError(f"{where}: invalid NNI experiment config: {_reason(err)}") from None
+
+
+@dataclass
+class ComparisonPlan:
+    """A checked experiment: NNI's config plus what the comparison's trial will do.
+
+    Attributes:
+        config: the ``ExperimentConfig`` (as loaded; NNI canonicalises it again on start).
+        platform: the training service (``local``, ``remote``, ...; ``hybrid`` for a list).
+        entries: the grid (``trial.GridEntry`` list), None when the trial command is not ``nni_sparsemask.trial``.
+        settings: the trial's ``TrialSettings`` (None likewise).
+        results_root: where the trials write run directories, when it is on this machine (``local``), else None.
+        notes: remarks for the user (e.g. a tuner other than GridSearch).
+    """
+
+    config: Any
+    platform: str
+    entries: Optional[list] = None
+    settings: Any = None
+    results_root: Optional[Path] = None
+    notes: tuple = ()
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit
+        raise ValueError(message)
+
+
+def _trial_commands(canonical: Any) -> list[str]:
+    ts_list = canonical.training_service if isinstance(canonical.training_service, list) else \
+        [canonical.training_service]
+    commands = [canonical.trial_command or ""]
+    for ts in ts_list:
+        commands.append(getattr(ts, "trial_command", "") or "")
+        for role in ("worker", "ps", "master"):  # kubeflow
+            spec = getattr(ts, role, None)
+            if spec is not None:
+                commands.append(spec.command or "")
+        for spec in getattr(ts, "task_roles", None) or []:  # frameworkcontroller
+            commands.append(spec.command or "")
+    return [c for c in commands if c]
+
+
+def _trial_args(command: str) -> Optional[list[str]]:
+    """The arguments given to ``python -m nni_sparsemask.trial`` in a trial command (None when absent)."""
+    try:
+        tokens = shlex.split(command)
+    except ValueError as err:
+        raise ValueError(f"trial command {command!r} cannot be parsed: {err}") from None
+    if TRIAL_MODULE not in tokens:
+        return None
+    args = []
+    for token in tokens[tokens.index(TRIAL_MODULE) + 1:]:
+        if token in ("&&", "||", ";", "|", "&"):
+            break
+        args.append(token)
+    return args
+
+
+def plan_comparison(config: Any, where: str = "config") -> ComparisonPlan:
+    """Check ``config`` as a comparison: the grid, the trial settings, the data set root (local runs)."""
+    from .trial import build_parser, check_search_space, settings_from_args
+
+    canonical = validate_config(config, where)
+    ts = canonical.training_service
+    platform = "hybrid" if isinstance(ts, list) else ts.platform
+    notes = []
+    tuner = getattr(canonical.tuner, "name", None) or getattr(canonical.tuner, "class_name", None)
+    if tuner != "GridSearch":
+        notes.append(f"tuner {tuner!r}: the comparison expects GridSearch (each grid entry once)")
+    arg_lists = [a for a in (_trial_args(c) for c in _trial_commands(canonical)) if a is not None]
+    if not arg_lists:
+        notes.append(f"the trial command does not run {TRIAL_MODULE}: the grid and settings are not checked")
+        return ComparisonPlan(config, platform, notes=tuple(notes))
+    try:
+        args = build_parser(_RaisingParser).parse_args(arg_lists[0])
+    except ValueError as err:
+        raise ValueError(f"{where}: trial command arguments {arg_lists[0]}: {err}") from None
+    try:
+        settings = settings_from_args(args)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"{where}: trial settings: {err}") from None
+    try:
+        entries = check_search_space(canonical.search_space)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    results_root = None
+    if platform == "local":
+        results_root = (Path(ts.trial_code_directory) / args.results).resolve()
+        if settings.data.dataset == "voc":
+            from .data.voc import resolve_sbd_root, resolve_voc_root
+            try:
+                resolve_voc_root(settings.data.root)
+                if settings.data.sbd_root:
+                    resolve_sbd_root(settings.data.sbd_root)
+            except FileNotFoundError as err:
+                first = str(err).splitlines()[0]
+                raise FileNotFoundError(f"{where}: the trials' data set is not there ({first}); set --data-root / "
+                                        "--sbd-root in the trial command") from None
+    return ComparisonPlan(config, platform, entries, settings, results_root, tuple(notes))
+
+
+# ------------------------------------------------------------------------------------------------ the manager
+@contextlib.contextmanager
+def _environ(**changes: Optional[str]) -> Iterator[None]:
+    """Set (or, with None, remove) environment variables for the block: what the manager's process inherits."""
+    old = {k: os.environ.get(k) for k in changes}
+    try:
+        for key, value in changes.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def loopback_environment() -> dict[str, str]:
+    """``NODE_OPTIONS`` that make a Node process (NNI's manager) listen on 127.0.0.1 only (see ``loopback.js``)."""
+    if not LOOPBACK_JS.is_file():
+        raise FileNotFoundError(f"{LOOPBACK_JS} is missing from the installed package: reinstall nni-sparsemask "
+                                "(it keeps NNI's manager on 127.0.0.1)")
+    preload = f'--require "{LOOPBACK_JS}"'
+    current = os.environ.get("NODE_OPTIONS", "").strip()
+    return {"NODE_OPTIONS": f"{current} {preload}".strip()}
+
+
+def listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """``(ip, port)`` of every TCP socket process ``pid`` listens on."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections(kind="inet")
+    return sorted({(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN})
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _manager_ip(config: Any) -> str:
+    """``nniManagerIp`` of ``config`` (root or training service), '' when not set."""
+    ts = config.training_service
+    for source in ([config] + (ts if isinstance(ts, list) else [ts])):
+        value = getattr(source, "nni_manager_ip", None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class _HidePortalUrls(logging.Filter):
+    """NNI prints the web UI on every interface's address; on loopback only that would be wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Web portal URLs")
+
+
+def _manifest_entry(experiment_id: str) -> Optional[dict[str, Any]]:
+    from nni.tools.nnictl.config_utils import Experiments
+    from nni.tools.nnictl.nnictl_utils import update_experiment
+
+    update_experiment()  # marks experiments whose manager died as STOPPED
+    entry = Experiments().get_all_experiments().get(experiment_id)
+    return entry if isinstance(entry, dict) else None
+
+
+def _manager_pid(experiment: Any) -> Optional[int]:
+    """The pid of the manager process this very ``experiment`` object launched (its Popen), None when none runs.
+
+    Never a pid read back from NNI's experiment list: that one may have been reused by another process since.
+    """
+    proc = getattr(experiment, "_proc", None)
+    return int(proc.pid) if proc is not None and getattr(proc, "pid", None) else None
+
+
+def start_experiment(plan: ComparisonPlan, port: int = 8080, *, resume: Optional[str] = None, expose: bool = False,
+                     log: Log = print) -> Any:
+    """Start (or ``resume``) the experiment of ``plan`` on ``port``; returns the running ``nni.experiment.Experiment``.
+
+    On ``local`` without ``expose`` the manager listens on 127.0.0.1 only (checked; otherwise it is stopped and a
+    ``RuntimeError`` raised). Other training services need ``expose`` (the workers must reach the manager).
+    """
+    from nni.experiment import Experiment
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 1024 < port < 65535:
+        raise ValueError(f"--port must be an integer in (1024, 65535), got {port!r}")
+    loopback = not expose
+    if plan.platform != "local" and loopback and not _is_loopback(_manager_ip(plan.config)):
+        raise ValueError(f"training service {plan.platform!r}: the workers must reach NNI's manager, which then "
+                         f"listens on every interface of this machine (ports {port} and {port + 1}: REST API and web "
+                         "UI without authentication); pass --expose to accept that, behind a firewall, or give "
+                         "nniManagerIp: 127.0.0.1 with SSH reverse tunnels from the workers (experiments/README.md)")
+    ports = [port] if plan.platform == "local" else [port, port + 1]
+    for p in ports:
+        if _port_in_use(p):
+            raise ValueError(f"port {p} is in use (another NNI manager? see `nnictl experiment list`); pass --port")
+    env: dict[str, Optional[str]] = {}
+    if plan.platform == "local":
+        # trials run `python ...`: make it this interpreter (the one with nni_sparsemask installed)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    if loopback:
+        env.update(loopback_environment())
+    else:
+        log(f"[compare] WARNING: --expose: NNI's manager listens on every interface, ports {', '.join(map(str, ports))}"
+            " (REST API and web UI, no authentication): keep them behind a firewall or an SSH tunnel")
+    nni_logger = logging.getLogger("nni.experiment")
+    portal_filter = _HidePortalUrls()
+    if loopback:
+        nni_logger.addFilter(portal_filter)
+    experiment = Experiment(None, id=resume) if resume else Experiment(plan.config)
+    try:
+        with _environ(**env):
+            if resume:
+                experiment.resume(port=port, wait_completion=False)
+            else:
+                experiment.start(port=port)
+    except BaseException as err:  # a failed start, or Ctrl-C during it: no manager is left behind
+        with contextlib.suppress(Exception):
+            stop_experiment(experiment, log=lambda s: None)
+        if isinstance(err, Exception):
+            raise RuntimeError(f"NNI could not start the experiment: {_reason(err)}") from None
+        raise
+    finally:
+        nni_logger.removeFilter(portal_filter)
+    if experiment.port is None:  # Experiment.resume swallows a KeyboardInterrupt during the start
+        stop_experiment(experiment, log=lambda s: None)
+        raise KeyboardInterrupt
+    pid = _manager_pid(experiment)
+    if loopback:
+        exposed = [f"{ip}:{p}" for ip, p in listening_addresses(pid) if not _is_loopback(ip)] if pid else ["?"]
+        if exposed:
+            stop_experiment(experiment, log=log)
+            raise RuntimeError(f"NNI's manager (pid {pid}) listened on {', '.join(exposed)}, not only on 127.0.0.1; "
+                               "it was stopped. Is NODE_OPTIONS honoured by this Node (nni_node/node)?")
+    return experiment
+
+
+def stop_experiment(experiment: Any, log: Log = print) -> None:
+    """Stop the manager of ``experiment`` (NNI's REST stop, then its own process by pid if still alive)."""
+    import psutil
+
+    pid = _manager_pid(experiment)
+    proc = None
+    if pid is not None:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+    with contextlib.suppress(Exception):
+        experiment.stop()  # DELETE /experiment, waits for the process; kills it by pid when that fails
+    if proc is not None and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+        log(f"[compare] NNI manager pid {pid} still running: terminating it")
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+
+
+# ------------------------------------------------------------------------------------------------ run
+def _statistics(experiment: Any) -> dict[str, int]:
+    return {s["trialJobStatus"]: int(s["trialJobNumber"]) for s in experiment.get_job_statistics()}
+
+
+def _wait(experiment: Any, total: Optional[int], poll: float, log: Log) -> str:
+    last = None
+    failures = 0
+    while True:
+        try:
+            status = experiment.get_status()
+            counts = _statistics(experiment)
+            failures = 0
+        except Exception as err:  # the manager is gone or not answering
+            failures += 1
+            if failures >= 3:
+                logdir = Path(str(experiment.config.experiment_working_directory)).expanduser() / experiment.id / "log"
+                raise RuntimeError(f"NNI's manager stopped answering ({_reason(err)}); see {logdir}") from None
+            time.sleep(poll)
+            continue
+        grid = f" of {total}" if total else ""
+        line = f"{status}: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no trials yet")
+        if line != last:
+            done = sum(n for s, n in counts.items() if s in ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED",
+                                                              "EARLY_STOPPED"))
+            log(f"[compare] {time.strftime('%H:%M:%S')} {line} ({done}{grid} trials finished)")
+            last = line
+        if status in FINISHED_STATUSES:
+            return status
+        if status in NO_MORE_TRIAL_STATUSES and not any(counts.get(s) for s in ACTIVE_TRIAL_STATUSES):
+            return "DONE"
+        time.sleep(poll)
+
+
+def _failed_trials(experiment: Any) -> list[str]:
+    lines = []
+    with contextlib.suppress(Exception):
+        for job in experiment.list_trial_jobs():
+            if job.status in ("FAILED", "SYS_CANCELED", "USER_CANCELED"):
+                params = job.hyperParameters[0].parameters if job.hyperParameters else {}
+                log_path = str(job.logPath or "").replace("file://localhost:", "")
+                lines.append(f"{job.trialJobId} {job.status.lower()} {json.dumps(params, sort_keys=True)}: {log_path}")
+    return lines
+
+
+class _ExperimentSource:
+    """What ``write_report`` reads from the running experiment (no second manager is started to view it)."""
+
+    def __init__(self, experiment: Any) -> None:
+        self._experiment = experiment
+        self.id = experiment.id
+
+    def export_data(self) -> Any:
+        return self._experiment.export_data()
+
+    def __str__(self) -> str:
+        return f"NNI experiment {self.id}"
+
+
+def _resume_plan(experiment_id: str, config_path: Optional[str]) -> ComparisonPlan:
+    from nni.experiment import launcher
+
+    entry = _manifest_entry(experiment_id)
+    if entry is None:
+        raise ValueError(f"no NNI experiment {experiment_id!r} here (see `nnictl experiment list --all`)")
+    if entry.get("status") != "STOPPED":
+        raise ValueError(f"experiment {experiment_id} is still running (manager pid {entry.get('pid')}, port "
+                         f"{entry.get('port')}): stop it first (`nnictl stop {experiment_id}`)")
+    stored = launcher.get_stopped_experiment_config(experiment_id, entry.get("logDir") or None)
+    if config_path is not None:
+        given = load_config(config_path)
+        old, new = validate_config(stored, experiment_id).json(), validate_config(given, config_path).json()
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise ValueError(f"{config_path} differs from the config experiment {experiment_id} was created with "
+                             f"(in {', '.join(diff)}); resume without CONFIG, or start a new experiment")
+    return plan_comparison(stored, f"experiment {experiment_id}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_compare(config: Optional[str | Path] = None, *, resume: Optional[str] = None, port: int = 8080,
+                results: Optional[str | Path] = None, expose: bool = False, poll: float = 5.0,
+                log: Log = print) -> int:
+    """The ``sparsemask compare`` command; returns its exit status (0 done, 1 some trial failed or the experiment
+    ended in error, 130 interrupted: the experiment is stopped and ``--resume ID`` continues it)."""
+    if config is None and resume is None:
+        raise ValueError("give the experiment CONFIG (e.g. experiments/comparison-quick.yml), or --resume ID")
+    plan = _resume_plan(resume, None if config is None else str(config)) if resume else \
+        plan_comparison(load_config(config), str(config))
+    for note in plan.notes:
+        log(f"[compare] note: {note}")
+    if results is not None:
+        report_md = Path(results) / "report.md"
+        if report_md.exists() and not resume:
+            raise FileExistsError(f"{report_md} exists; choose another --results")
+    if plan.entries is not None:
+        where = f" -> run directories in {plan.results_root}" if plan.results_root else ""
+        log(f"[compare] grid: {len(plan.entries)} entries ({', '.join(sorted({e.method for e in plan.entries}))})"
+            f"{where}")
+    experiment = None
+    with _sigterm_as_interrupt():
+        try:
+            experiment = start_experiment(plan, port, resume=resume, expose=expose, log=log)
+            where = "every interface, see the warning above" if expose else \
+                f"loopback only; from another machine: ssh -N -L {port}:127.0.0.1:{port} {_user_host()}"
+            log(f"[compare] experiment {experiment.id} {'resumed' if resume else 'started'}: web UI "
+                f"http://127.0.0.1:{port} ({where})")
+            status = _wait(experiment, len(plan.entries) if plan.entries is not None else None, poll, log)
+            report_dir = Path(results) if results is not None else Path("reports") / experiment.id
+            _write_report(experiment, report_dir, overwrite=bool(resume), log=log)
+            failed = _failed_trials(experiment)
+            for line in failed:
+                log(f"[compare] failed trial {line}")
+        except KeyboardInterrupt:
+            if experiment is not None:
+                log(f"\n[compare] interrupted: stopping experiment {experiment.id}")
+                stop_experiment(experiment, log=log)
+                log(f"[compare] stopped; continue it with: sparsemask compare --resume {experiment.id}")
+            return 130
+        finally:
+            if experiment is not None and experiment.port is not None:
+                stop_experiment(experiment, log=log)
+    log(f"[compare] experiment {experiment.id}: {status.lower()}; manager stopped"
+        + (f"; {len(failed)} trial(s) failed, see above (sparsemask compare --resume {experiment.id} runs them "
+           "again)" if failed else ""))
+    return 0 if status == "DONE" and not failed else 1
+
+
+def _write_report(experiment: Any, report_dir: Path, overwrite: bool, log: Log) -> None:
+    from .analysis import write_report
+
+    try:
+        path = write_report(_ExperimentSource(experiment), report_dir, overwrite=overwrite)
+    except (ValueError, FileExistsError) as err:
+        log(f"[compare] no report written: {err}")
+        return
+    log(f"[compare] report: {path}")
+
+
+def _user_host() -> str:
+    with contextlib.suppress(Exception):
+        import getpass
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    return "user@this-host"
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def register_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``compare`` subcommand to the ``sparsemask`` parser's ``subparsers`` (its ``func`` runs it)."""
+    p = subparsers.add_parser(
+        "compare", help="every strategy side by side as an NNI experiment (manager on 127.0.0.1), then the report",
+        description="Check the experiment config, start it (NNI's manager on 127.0.0.1 for the local training "
+                    "service), follow the trials, write the report, stop the manager.")
+    p.add_argument("config", nargs="?", default=None,
+                   help="nnictl experiment config, e.g. experiments/comparison-quick.yml (optional with --resume)")
+    p.add_argument("--resume", metavar="EXPERIMENT_ID", default=None,
+                   help="continue a stopped experiment: finished grid entries are not run again")
+    p.add_argument("--port", type=int, default=8080, help="NNI manager / web UI port (default 8080)")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="where the report goes (report.md, results.csv, figures; default reports/<experiment id>)")
+    p.add_argument("--expose", action="store_true",
+                   help="let the manager listen on every interface (needed by remote/kubeflow/frameworkcontroller "
+                        "workers; see experiments/README.md)")
+    p.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=_command)
+    return p
+
+
+def _command(args: argparse.Namespace) -> int:
+    try:
+        return run_compare(args.config, resume=args.resume, port=args.port, results=args.results,
+                           expose=args.expose, poll=args.poll)
+    except RuntimeError as err:  # NNI failed to start or stopped answering: not a usage error
+        print(f"sparsemask compare: failed: {err}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nni_sparsemask.compare")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register_cli(sub)
+    args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"sparsemask compare: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

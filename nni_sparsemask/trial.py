@@ -1,0 +1,593 @@
+"""The trial of the strategy comparison: one grid entry end to end (``python -m nni_sparsemask.trial``).
+
+The comparison is an NNI HPO experiment (``experiments/comparison*.yml``, GridSearch tuner) whose trials each run
+one entry of the grid::
+
+    {"params": {"_name": "maskconnect", "k": 3}, "seed": 0}     # a strategy: search -> prune -> retrain -> evaluate
+    {"params": {"_name": "fcn"}, "seed": 1}                     # a hand-designed decoder: retrain -> evaluate
+
+``params`` is a nested ``choice`` of the search space (``_name`` = a strategy of ``STRATEGIES`` or a decoder of
+``DECODERS``, the other keys its hyper-parameters); the flat form ``{"method": "l1", "lambda_sparse": 0.005,
+"seed": 0}`` is accepted too. Samplers (``random``, ``rand_rule``) take ``sample`` (which of their ``samples``
+decoders to retrain, default 0). The grid's ``seed`` seeds the strategy and the training; the data set is the
+same for every entry.
+
+Experiment-wide settings (data, backbone, epochs, FPS size) come from the command line: ``--preset quick`` (the
+DigitScenes CPU comparison) or ``--preset paper`` (PASCAL VOC, MobileNetV2, GPU), changed by ``--settings`` (a
+JSON object or file, merged into the preset) and ``--data-root`` / ``--sbd-root``.
+
+Nothing lost, nothing done twice: every entry has its own directory under ``--results``, named by its
+parameters (:attr:`GridEntry.key`)::
+
+    RESULTS/<key>/config.json      the entry and the settings (a rerun with other settings is refused)
+    RESULTS/<key>/search/          the search run (strategies): connectivity.json, search.json, ...
+    RESULTS/<key>/retrain/         the retrain run: config.json, history.csv, checkpoints/, model.pt,
+                                   metrics.json (the row of Table 1; written last)
+    RESULTS/<key>/error.txt        the traceback of the last failed attempt (removed when the entry finishes)
+
+A rerun of a finished entry reports its ``metrics.json`` again without training; an interrupted one continues
+(``resume``) from its last checkpoint. A lock (``RESULTS/.locks/<key>.lock``) keeps two trials from working
+on the same entry at once (NNI may hand a resumed entry out twice).
+
+Reported to NNI: every validation epoch of the search and of the retraining as an intermediate result
+(``{"default": val mIoU, ..., "phase": "search" | "retrain"}``) and at the end the final result
+``{"default": mIoU, "fps", "params_decoder", "edges", "run_dir", ...}``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+from .pipeline import PRETRAINED, DataConfig, ModelConfig, TrainConfig, config_from_dict
+
+__all__ = ["TrialSettings", "GridEntry", "PRESETS", "preset_settings", "parse_entry", "expand_search_space",
+           "check_search_space", "run_entry", "build_parser", "settings_from_args", "main"]
+
+Log = Callable[[str], None]
+SEARCH_SUBDIR, RETRAIN_SUBDIR, ERROR_FILE, LOCK_DIR = "search", "retrain", "error.txt", ".locks"
+
+
+# ------------------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every entry of one comparison shares.
+
+    Attributes:
+        data / model: the data set and the network around the decoder (see :mod:`.pipeline`).
+        search_epochs / search_lr / arc_lr: the one-shot search (SparseMask, L1, MaskConnect).
+        retrain_epochs / retrain_lr: retraining every decoder with L_task (searched and hand-designed alike).
+        fps_size / fps_batch: the FPS measurement (input side, batch).
+        pretrain: overrides of :class:`~.pretrain.PretrainConfig` when ``model.backbone_weights`` is
+            ``"pretrained"`` (the cached DigitScenes digit classifier).
+        accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    search_epochs: int = 15
+    search_lr: float = 0.02
+    arc_lr: float = 0.02
+    retrain_epochs: int = 15
+    retrain_lr: float = 0.02
+    fps_size: int = 512
+    fps_batch: int = 1
+    pretrain: dict = field(default_factory=dict)
+    accelerator: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("search_epochs", "retrain_epochs", "fps_size", "fps_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"trial setting {name} must be an integer >= 1, got {value!r}")
+        for name in ("search_lr", "arc_lr", "retrain_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"trial setting {name} must be a number > 0, got {value!r}")
+        if not isinstance(self.pretrain, dict):
+            raise ValueError(f"trial setting pretrain must be an object of PretrainConfig fields, got {self.pretrain!r}")
+        from .pretrain import PretrainConfig
+        unknown = sorted(set(self.pretrain) - {f.name for f in dataclasses.fields(PretrainConfig)})
+        if unknown:
+            raise ValueError(f"trial setting pretrain: unknown PretrainConfig field(s) {unknown}")
+        if self.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+            raise ValueError(f"trial setting accelerator must be auto, cpu, gpu, cuda or mps, got {self.accelerator!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "trial settings") -> "TrialSettings":
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        if "data" in values:
+            values["data"] = config_from_dict(DataConfig, values["data"], f"{where}: data")
+        if "model" in values:
+            values["model"] = config_from_dict(ModelConfig, values["model"], f"{where}: model")
+        return cls(**values)
+
+
+#: ``--preset`` values: plain dicts (settings are built on use, so importing this module does no work)
+PRESETS: dict[str, dict[str, Any]] = {
+    # DigitScenes on this 2-core CPU machine: the whole grid in about 20 minutes (see experiments/README.md)
+    "quick": {
+        "data": {"dataset": "digitscenes", "image_size": 32, "train_scenes": 400, "val_scenes": 100,
+                 "batch_size": 16},
+        "model": {"backbone": "convnet", "backbone_kwargs": {"widths": [16, 32, 48, 64, 96]},
+                  "backbone_weights": PRETRAINED, "decoder_channels": 32},
+        "search_epochs": 3, "search_lr": 0.02, "arc_lr": 0.05, "retrain_epochs": 3, "retrain_lr": 0.02,
+        "fps_size": 128, "fps_batch": 1, "pretrain": {"num_scenes": 3000, "epochs": 6}, "accelerator": "auto",
+    },
+    # the paper's setting on a GPU: PASCAL VOC 2012 (train_aug with --sbd-root), MobileNetV2 with ImageNet weights
+    "paper": {
+        "data": {"dataset": "voc", "root": None, "sbd_root": None, "image_size": 512, "batch_size": 16},
+        "model": {"backbone": "mobilenet_v2", "backbone_kwargs": {}, "backbone_weights": "IMAGENET1K_V1",
+                  "decoder_channels": 64},
+        "search_epochs": 30, "search_lr": 0.007, "arc_lr": 0.02, "retrain_epochs": 50, "retrain_lr": 0.007,
+        "fps_size": 512, "fps_batch": 1, "pretrain": {}, "accelerator": "auto",
+    },
+}
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if key in ("data", "model", "pretrain") and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def preset_settings(name: str, overrides: Optional[Mapping[str, Any]] = None) -> TrialSettings:
+    """The settings of preset ``name`` with ``overrides`` merged in (``data``/``model``/``pretrain`` per field)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    merged = _merge(PRESETS[name], overrides or {})
+    if merged["data"].get("dataset") == "voc" and not merged["data"].get("root"):
+        raise ValueError("the VOC comparison needs the data set: pass --data-root (the folder holding "
+                         "VOCdevkit/VOC2012) and, for train_aug, --sbd-root")
+    return TrialSettings.from_dict(merged, f"preset {name!r} with --settings")
+
+
+# ------------------------------------------------------------------------------------------------ grid entries
+@dataclass(frozen=True)
+class GridEntry:
+    """One entry of the comparison grid.
+
+    Attributes:
+        method: a strategy name (``STRATEGIES``) or a hand-designed decoder (``DECODERS``).
+        kind: ``"oneshot"`` (searched with NasExperiment), ``"sampler"`` (random decoders) or ``"decoder"``.
+        params: the validated strategy arguments (``seed`` included; samplers also ``sample``); ``{}`` for decoders.
+        seed: the grid's seed (strategy and training).
+    """
+
+    method: str
+    kind: str
+    params: dict
+    seed: int
+
+    @property
+    def strategy_args(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params.items() if k != "sample"}
+
+    @property
+    def sample(self) -> int:
+        return int(self.params.get("sample", 0))
+
+    @property
+    def key(self) -> str:
+        """The entry's directory name: method, hyper-parameters (sorted) and seed, e.g. ``l1_lambda_sparse=0.005
+        _threshold=0.001_seed=1``."""
+        parts = [self.method] + [f"{k}={_format_value(v)}" for k, v in sorted(self.params.items()) if k != "seed"]
+        parts.append(f"seed={self.seed}")
+        return re.sub(r"[^A-Za-z0-9._=+-]", "-", "_".join(parts))
+
+    def describe(self) -> str:
+        hyper = ", ".join(f"{k}={_format_value(v)}" for k, v in sorted(self.params.items()) if k != "seed")
+        return f"{self.method}({hyper}) seed {self.seed}" if hyper else f"{self.method} seed {self.seed}"
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
+
+
+def _known_methods() -> str:
+    from .baselines.registry import DECODERS, STRATEGIES
+    return f"strategies {', '.join(STRATEGIES)}; hand-designed decoders {', '.join(DECODERS)}"
+
+
+def parse_entry(parameters: Any) -> GridEntry:
+    """The :class:`GridEntry` of one trial's parameters (see the module docstring); ``ValueError`` when invalid."""
+    from .baselines.registry import DECODERS, STRATEGIES, validate_strategy_args
+
+    if not isinstance(parameters, Mapping):
+        raise ValueError(f"trial parameters must be an object such as {{'params': {{'_name': 'fcn'}}, 'seed': 0}}, "
+                         f"got {parameters!r}")
+    seed = parameters.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"trial parameter 'seed' must be an integer >= 0, got {seed!r}")
+    nested = parameters.get("params")
+    if isinstance(nested, Mapping) and "_name" in nested:
+        extra = sorted(set(parameters) - {"params", "seed"})
+        if extra:
+            raise ValueError(f"trial parameters: unexpected {extra} beside 'params' and 'seed'")
+        hyper = dict(nested)
+        method = hyper.pop("_name")
+    else:
+        method = parameters.get("method", parameters.get("strategy"))
+        hyper = {k: v for k, v in parameters.items() if k not in ("method", "strategy", "seed")}
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"trial parameters name no method: give params._name (nested choice) or 'method'; "
+                         f"got {dict(parameters)!r}")
+    if method in STRATEGIES:
+        kind = STRATEGIES.get(method).kind
+        sample = hyper.pop("sample", 0) if kind == "sampler" else None
+        if "seed" in hyper:
+            raise ValueError(f"give the seed of {method!r} as the grid's 'seed', not as its hyper-parameter")
+        params = validate_strategy_args(method, {**hyper, "seed": seed})
+        if sample is not None:
+            if isinstance(sample, bool) or not isinstance(sample, int) or not 0 <= sample < params["samples"]:
+                raise ValueError(f"'sample' of {method!r} must be an integer in [0, samples={params['samples']}), "
+                                 f"got {sample!r}")
+            params["sample"] = sample
+        return GridEntry(method, kind, params, seed)
+    if method in DECODERS:
+        if hyper:
+            raise ValueError(f"hand-designed decoder {method!r} takes no hyper-parameters, got {sorted(hyper)}")
+        return GridEntry(method, "decoder", {}, seed)
+    raise ValueError(f"unknown method {method!r}; known: {_known_methods()}")
+
+
+def expand_search_space(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every parameter set NNI's GridSearch tuner hands out for ``space`` (in its order)."""
+    import nni
+    from nni.algorithms.hpo.gridsearch_tuner import GridSearchTuner
+
+    if not isinstance(space, Mapping) or not space:
+        raise ValueError(f"the search space must be a non-empty JSON object, got {space!r}")
+    for name, spec in _walk_specs(space):
+        if spec.get("_type") != "choice":
+            raise ValueError(f"search space parameter {name!r} is {spec.get('_type')!r}: the comparison grid takes "
+                             "'choice' parameters only (a grid over discrete values)")
+    tuner_logger = logging.getLogger("nni.tuner.gridsearch")
+    level = tuner_logger.level
+    tuner_logger.setLevel(logging.WARNING)  # it logs the grid size at INFO: noise here
+    try:
+        tuner = GridSearchTuner()
+        try:
+            tuner.update_search_space(dict(space))
+        except Exception as err:  # NNI's own parser: any malformed spec
+            raise ValueError(f"malformed search space ({type(err).__name__}: {err})") from None
+        out = []
+        while True:
+            try:
+                out.append(tuner.generate_parameters(len(out)))
+            except nni.NoMoreTrialError:
+                return out
+    finally:
+        tuner_logger.setLevel(level)
+
+
+def _walk_specs(space: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    for name, spec in space.items():
+        if name == "_name":
+            continue
+        if not isinstance(spec, Mapping) or "_type" not in spec or "_value" not in spec:
+            raise ValueError(f"search space parameter {prefix + name!r} must be {{'_type': ..., '_value': [...]}}, "
+                             f"got {spec!r}")
+        yield prefix + name, spec
+        if spec["_type"] == "choice" and isinstance(spec["_value"], list):
+            for value in spec["_value"]:
+                if isinstance(value, Mapping) and "_name" in value:
+                    yield from _walk_specs(value, f"{prefix}{name}.{value['_name']}.")
+
+
+def check_search_space(space: Mapping[str, Any]) -> list[GridEntry]:
+    """Every entry of the grid, each validated (unknown methods, bad hyper-parameters, duplicates -> ValueError)."""
+    entries, seen = [], {}
+    for parameters in expand_search_space(space):
+        try:
+            entry = parse_entry(parameters)
+        except ValueError as err:
+            raise ValueError(f"search space entry {json.dumps(parameters, sort_keys=True)}: {err}") from None
+        if entry.key in seen:
+            raise ValueError(f"search space entries {seen[entry.key]} and {json.dumps(parameters, sort_keys=True)} "
+                             f"are the same run ({entry.key}); remove one")
+        seen[entry.key] = json.dumps(parameters, sort_keys=True)
+        entries.append(entry)
+    return entries
+
+
+# ------------------------------------------------------------------------------------------------ NNI reporting
+def _phase_channel(inner: Any, phase: str) -> Any:
+    """A trial command channel in front of ``inner`` while ``phase`` (search / retrain) trains: intermediate results
+    are tagged with the phase; the phase's own final result (Lightning's end of fit) is kept from NNI, as the
+    trial reports its one final result itself."""
+    from nni.runtime.trial_command_channel import TrialCommandChannel
+
+    class _PhaseChannel(TrialCommandChannel):
+        def receive_parameter(self):
+            return inner.receive_parameter()
+
+        def send_metric(self, type, parameter_id, trial_job_id, sequence, value):  # noqa: A002 (NNI's name)
+            if type == "FINAL":
+                return
+            if isinstance(value, Mapping):
+                value = {**value, "phase": phase}
+            inner.send_metric(type=type, parameter_id=parameter_id, trial_job_id=trial_job_id, sequence=sequence,
+                              value=value)
+
+    return _PhaseChannel()
+
+
+@contextlib.contextmanager
+def _reporting_phase(phase: str, enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    from nni.runtime.trial_command_channel import get_default_trial_command_channel, set_default_trial_command_channel
+
+    inner = get_default_trial_command_channel()
+    set_default_trial_command_channel(_phase_channel(inner, phase))
+    try:
+        yield
+    finally:
+        set_default_trial_command_channel(inner)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (released when the process ends, however it ends)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock (one trial per entry is still the normal case)
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------------ one entry
+def final_result(metrics: Mapping[str, Any], run_dir: Path, reused: bool = False) -> dict[str, Any]:
+    """What the trial reports to NNI at the end (``default`` = mIoU), from a retrain run's ``metrics.json``."""
+    def number(key: str) -> Optional[float]:
+        value = metrics.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return None if math.isnan(float(value)) else float(value)
+
+    miou = number("miou")
+    if miou is None:
+        raise ValueError(f"{run_dir / 'metrics.json'} has no mIoU; delete the run directory and run the entry again")
+    return {"default": miou, "miou": miou, "pixel_accuracy": number("pixel_accuracy"), "fps": number("fps"),
+            "params_encoder": number("params_encoder"), "params_decoder": number("params_decoder"),
+            "edges": metrics.get("edges"), "stages": metrics.get("stages"), "method": metrics.get("method"),
+            "seed": metrics.get("seed"), "run_dir": str(run_dir.resolve()), "reused": reused}
+
+
+def _retrain(out: Path, entry: GridEntry, settings: TrialSettings, model: ModelConfig,
+             connectivity: Optional[Path], *, report: bool, progress: bool, log: Log) -> dict[str, Any]:
+    """Retrain + evaluate, as ``workflow.run_retrain`` (same config.json and metrics.json), but reporting every epoch
+    to NNI and keeping the grid entry's own ``params`` (a sampler's ``sample``) in the results."""
+    from .connectivity import Connectivity
+    from .pipeline import build_network, check_connectivity, evaluate_network, save_weights, train_network
+    from .rundir import RunDir, read_json
+    from .workflow import SEARCH_DONE
+
+    data = settings.data
+    train = TrainConfig(epochs=settings.retrain_epochs, learning_rate=settings.retrain_lr, seed=entry.seed)
+    decoder = entry.method if entry.kind == "decoder" else None
+    conn, extra = None, {}
+    if connectivity is not None:
+        conn = Connectivity.from_json(connectivity)
+        check_connectivity(conn, model, data.num_classes, str(connectivity))
+        summary_path = connectivity.parent / SEARCH_DONE
+        if not summary_path.is_file():  # samples/sample-NN.json: the summary is one level up
+            summary_path = connectivity.parent.parent / SEARCH_DONE
+        if summary_path.is_file():
+            summary = read_json(summary_path)
+            extra = {k: summary[k] for k in ("binarization_gap", "search_seconds") if summary.get(k) is not None}
+    config = {"command": "retrain", "method": entry.method, "params": entry.params, "seed": entry.seed,
+              "data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
+              "train": dataclasses.asdict(train), "decoder": decoder,
+              "connectivity": str(connectivity) if connectivity is not None else None,
+              "fps": {"size": settings.fps_size, "batch": settings.fps_batch}}
+    run = RunDir(out, config, resume=True)
+    if run.finished:
+        return read_json(run.file("metrics.json"))
+    if conn is not None:
+        conn.to_json(run.file("connectivity.json"), overwrite=True)
+    net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=model.backbone_weights)
+    if conn is None and decoder != "deeplabv3":  # DeepLabV3 has a head of its own, not a connectivity
+        from .baselines import decoder_connectivity
+        conn = decoder_connectivity(decoder, model.backbone, net.encoder.feature_info, model.backbone_kwargs)
+        conn.to_json(run.file("connectivity.json"), overwrite=True)
+    log(f"[trial] retrain {entry.describe()}: {train.epochs} epochs, run dir {run.path}"
+        + (" (resumed)" if run.resumed else ""))
+    with _reporting_phase("retrain", report):
+        net, _, seconds = train_network(net, run, train, data, resume=run.resumed, progress=progress,
+                                        accelerator=settings.accelerator, report_to_nni=report)
+    save_weights(net, run.file("model.pt"))
+    scores = evaluate_network(net, data, fps_size=settings.fps_size, fps_batch=settings.fps_batch, progress=progress)
+    metrics = {"method": entry.method, "params": entry.params, "seed": entry.seed, **scores,
+               "edges": conn.num_edges if conn is not None else None,
+               "stages": len(conn.stages()) if conn is not None else None,
+               "train_seconds": seconds, "epochs": train.epochs, **extra}
+    run.write_json("metrics.json", metrics)
+    return metrics
+
+
+def run_entry(entry: GridEntry, settings: TrialSettings, results: str | Path, *, report: bool = False,
+              progress: bool = False, log: Log = print) -> dict[str, Any]:
+    """Run ``entry`` end to end under ``results`` (see the module docstring) and return its final result.
+
+    ``report``: send intermediate results to NNI (inside a trial). A finished entry is not run again; an
+    interrupted one resumes; an entry directory written with other settings is refused (``ValueError``). On an
+    exception the traceback is saved in the entry's ``error.txt`` and the exception propagates.
+    """
+    from .rundir import RunDir, read_json
+
+    results = Path(results)
+    entry_dir = results / entry.key
+    retrain_dir = entry_dir / RETRAIN_SUBDIR
+    with _file_lock(results / LOCK_DIR / f"{entry.key}.lock"):
+        # resume=True: a new directory is created, an existing one must hold the same entry and settings
+        config = {"command": "comparison-entry", "method": entry.method, "params": entry.params, "seed": entry.seed,
+                  "entry": entry.key, "settings": settings.to_dict()}
+        try:
+            run = RunDir(entry_dir, config, resume=True)
+        except ValueError as err:
+            if not str(err).startswith("cannot resume"):
+                raise
+            raise ValueError(f"{entry_dir} was run with other settings ({str(err).split('(', 1)[-1].split(')')[0]})"
+                             f"; use another --results for these settings, or delete that directory") from None
+        if (retrain_dir / "metrics.json").is_file():
+            log(f"[trial] {entry.describe()}: finished before, reusing {retrain_dir / 'metrics.json'}")
+            return final_result(read_json(retrain_dir / "metrics.json"), retrain_dir, reused=True)
+        try:
+            metrics = _run_entry(entry, settings, run.path, results, report=report, progress=progress, log=log)
+        except BaseException:
+            run.file(ERROR_FILE).write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {entry.describe()} failed:\n"
+                                            f"{traceback.format_exc()}")
+            raise
+        run.file(ERROR_FILE).unlink(missing_ok=True)
+    return final_result(metrics, retrain_dir)
+
+
+def _run_entry(entry: GridEntry, settings: TrialSettings, entry_dir: Path, results: Path, *, report: bool,
+               progress: bool, log: Log) -> dict[str, Any]:
+    from .pipeline import resolve_backbone_weights
+    from .workflow import run_search
+
+    model = settings.model
+    if model.backbone_weights is not None:
+        # one file for the search and the retraining; pretrained once per machine (the lock keeps concurrent
+        # trials from training the same cached backbone twice)
+        with _file_lock(results / LOCK_DIR / "pretrain.lock"):
+            weights = resolve_backbone_weights(model, settings.data, log, settings.pretrain)
+        model = dataclasses.replace(model, backbone_weights=weights)
+    connectivity = None
+    if entry.kind != "decoder":
+        search_dir = entry_dir / SEARCH_SUBDIR
+        with _reporting_phase("search", report):
+            run_search(search_dir, entry.method, entry.strategy_args, settings.data, model,
+                       epochs=settings.search_epochs, learning_rate=settings.search_lr,
+                       arc_learning_rate=settings.arc_lr, resume=True, progress=progress,
+                       accelerator=settings.accelerator, log=log)
+        connectivity = search_dir / "connectivity.json"
+        if entry.kind == "sampler":
+            connectivity = search_dir / "samples" / f"sample-{entry.sample:02d}.json"
+    return _retrain(entry_dir / RETRAIN_SUBDIR, entry, settings, model, connectivity, report=report,
+                    progress=progress, log=log)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def build_parser(parser_class: type = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The trial's command line (``parser_class``: e.g. one that raises instead of exiting, to check a config)."""
+    p = parser_class(prog="python -m nni_sparsemask.trial",
+                                description="One entry of the strategy comparison, as an NNI trial (parameters from "
+                                            "nni.get_next_parameter(), or --params outside NNI).")
+    p.add_argument("--results", default="runs/comparison",
+                   help="root of the entries' run directories (default runs/comparison, relative to the trial's "
+                        "working directory = trialCodeDirectory)")
+    p.add_argument("--preset", default="quick", help=f"settings preset: {', '.join(PRESETS)} (default quick)")
+    p.add_argument("--settings", default=None,
+                   help="JSON object (or a .json file) merged into the preset, e.g. '{\"retrain_epochs\": 2}'")
+    p.add_argument("--data-root", default=None, help="VOC: the folder holding VOCdevkit/VOC2012")
+    p.add_argument("--sbd-root", default=None, help="VOC: SBD benchmark_RELEASE folder (train_aug)")
+    p.add_argument("--params", default=None,
+                   help="run this entry outside NNI: a JSON object such as '{\"params\": {\"_name\": \"fcn\"}, "
+                        "\"seed\": 0}'")
+    p.add_argument("--progress", action="store_true", help="show progress bars (off in trials: they flood the logs)")
+    return p
+
+
+def _json_arg(text: str, what: str) -> Any:
+    path = Path(text)
+    if not text.lstrip().startswith("{") and path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} file not found: {path}")
+        text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} is not valid JSON ({err}): {text!r}") from None
+
+
+def settings_from_args(args: argparse.Namespace) -> TrialSettings:
+    overrides = _json_arg(args.settings, "--settings") if args.settings else {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--settings must be a JSON object, got {overrides!r}")
+    data = dict(overrides.get("data") or {})
+    if args.data_root is not None:
+        data["root"] = args.data_root
+    if args.sbd_root is not None:
+        data["sbd_root"] = args.sbd_root
+    if data:
+        overrides = {**overrides, "data": data}
+    return preset_settings(args.preset, overrides)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = _print_flush
+    try:
+        settings = settings_from_args(args)
+        if args.params is not None:
+            parameters, inside_nni = _json_arg(args.params, "--params"), False
+        else:
+            import nni
+            parameters, inside_nni = nni.get_next_parameter(), True
+            if parameters is None:
+                log("[trial] NNI has no parameters for this trial (the grid is done); nothing to run")
+                return 0
+        entry = parse_entry(parameters)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sparsemask trial: error: {err}", file=sys.stderr)
+        return 2
+    log(f"[trial] {entry.describe()} -> {Path(args.results) / entry.key}")
+    try:
+        result = run_entry(entry, settings, args.results, report=inside_nni, progress=args.progress, log=log)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"sparsemask trial: error: {entry.describe()}: {err}", file=sys.stderr)
+        return 2
+    # any other exception (out of memory, a bug) ends the process with its traceback: NNI records the trial as
+    # failed, with this log, and goes on with the other entries
+    if inside_nni:
+        import nni
+        nni.report_final_result(result)
+    log(f"[trial] {entry.describe()}: mIoU {result['miou']:.4f}, FPS {result['fps']}, decoder params "
+        f"{result['params_decoder']}, edges {result['edges']}; {result['run_dir']}")
+    return 0
+
+
+def _print_flush(message: str) -> None:
+    print(message, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
