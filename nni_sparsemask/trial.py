@@ -68,7 +68,7 @@ class TrialSettings:
         data / model: the data set and the network around the decoder (see :mod:`.pipeline`).
         search_epochs / search_lr / arc_lr: the one-shot search (SparseMask, L1, MaskConnect).
         retrain_epochs / retrain_lr: retraining every decoder with L_task (searched and hand-designed alike).
-        fps_size / fps_batch: the FPS measurement (input side, batch).
+        fps_size / fps_batch / fps_seconds: the FPS measurement (input side, batch, timed seconds).
         pretrain: overrides of :class:`~.pretrain.PretrainConfig` when ``model.backbone_weights`` is
             ``"pretrained"`` (the cached DigitScenes digit classifier).
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
@@ -83,6 +83,7 @@ class TrialSettings:
     retrain_lr: float = 0.02
     fps_size: int = 512
     fps_batch: int = 1
+    fps_seconds: float = 2.0
     pretrain: dict = field(default_factory=dict)
     accelerator: str = "auto"
 
@@ -91,12 +92,13 @@ class TrialSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"trial setting {name} must be an integer >= 1, got {value!r}")
-        for name in ("search_lr", "arc_lr", "retrain_lr"):
+        for name in ("search_lr", "arc_lr", "retrain_lr", "fps_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"trial setting {name} must be a number > 0, got {value!r}")
         if not isinstance(self.pretrain, dict):
-            raise ValueError(f"trial setting pretrain must be an object of PretrainConfig fields, got {self.pretrain!r}")
+            raise ValueError(f"trial setting pretrain must be an object of PretrainConfig fields, got "
+                             f"{self.pretrain!r}")
         from .pretrain import PretrainConfig
         unknown = sorted(set(self.pretrain) - {f.name for f in dataclasses.fields(PretrainConfig)})
         if unknown:
@@ -125,14 +127,15 @@ class TrialSettings:
 
 #: ``--preset`` values: plain dicts (settings are built on use, so importing this module does no work)
 PRESETS: dict[str, dict[str, Any]] = {
-    # DigitScenes on this 2-core CPU machine: the whole grid in about 20 minutes (see experiments/README.md)
+    # DigitScenes at the demo's size (64px scenes, the demo's convnet and its cached pre-trained weights) with
+    # fewer scenes and epochs, so that the whole grid runs in about 20 minutes on a 2-core CPU (one trial at a time)
     "quick": {
-        "data": {"dataset": "digitscenes", "image_size": 32, "train_scenes": 400, "val_scenes": 100,
+        "data": {"dataset": "digitscenes", "image_size": 64, "train_scenes": 800, "val_scenes": 200,
                  "batch_size": 16},
         "model": {"backbone": "convnet", "backbone_kwargs": {"widths": [16, 32, 48, 64, 96]},
                   "backbone_weights": PRETRAINED, "decoder_channels": 32},
-        "search_epochs": 3, "search_lr": 0.02, "arc_lr": 0.05, "retrain_epochs": 3, "retrain_lr": 0.02,
-        "fps_size": 128, "fps_batch": 1, "pretrain": {"num_scenes": 3000, "epochs": 6}, "accelerator": "auto",
+        "search_epochs": 4, "search_lr": 0.02, "arc_lr": 0.02, "retrain_epochs": 5, "retrain_lr": 0.02,
+        "fps_size": 256, "fps_batch": 1, "fps_seconds": 2.0, "pretrain": {}, "accelerator": "auto",
     },
     # the paper's setting on a GPU: PASCAL VOC 2012 (train_aug with --sbd-root), MobileNetV2 with ImageNet weights
     "paper": {
@@ -140,7 +143,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"backbone": "mobilenet_v2", "backbone_kwargs": {}, "backbone_weights": "IMAGENET1K_V1",
                   "decoder_channels": 64},
         "search_epochs": 30, "search_lr": 0.007, "arc_lr": 0.02, "retrain_epochs": 50, "retrain_lr": 0.007,
-        "fps_size": 512, "fps_batch": 1, "pretrain": {}, "accelerator": "auto",
+        "fps_size": 512, "fps_batch": 1, "fps_seconds": 2.0, "pretrain": {}, "accelerator": "auto",
     },
 }
 
@@ -318,40 +321,56 @@ def check_search_space(space: Mapping[str, Any]) -> list[GridEntry]:
 
 
 # ------------------------------------------------------------------------------------------------ NNI reporting
-def _phase_channel(inner: Any, phase: str) -> Any:
-    """A trial command channel in front of ``inner`` while ``phase`` (search / retrain) trains: intermediate results
-    are tagged with the phase; the phase's own final result (Lightning's end of fit) is kept from NNI, as the
-    trial reports its one final result itself."""
-    from nni.runtime.trial_command_channel import TrialCommandChannel
-
-    class _PhaseChannel(TrialCommandChannel):
-        def receive_parameter(self):
-            return inner.receive_parameter()
-
-        def send_metric(self, type, parameter_id, trial_job_id, sequence, value):  # noqa: A002 (NNI's name)
-            if type == "FINAL":
-                return
-            if isinstance(value, Mapping):
-                value = {**value, "phase": phase}
-            inner.send_metric(type=type, parameter_id=parameter_id, trial_job_id=trial_job_id, sequence=sequence,
-                              value=value)
-
-    return _PhaseChannel()
-
-
 @contextlib.contextmanager
 def _reporting_phase(phase: str, enabled: bool) -> Iterator[None]:
+    """While the block runs (a search or a retraining), NNI reports go to the trial, once each:
+
+    - every intermediate result (a validation epoch) is sent to the trial's channel, tagged with ``phase``;
+    - a final result (Lightning's end of fit) is not: the trial reports its one final result itself;
+    - an in-process one-shot ``NasExperiment`` runs its model under a channel of its own (the sequential
+      engine's) and calls ``nni.get_next_parameter()`` on it: its reports still reach that engine as without this
+      block, and the trial's parameter record (``nni.trial._params``, which the engine leaves replaced, as NNI's
+      ``Evaluator.mock_runtime`` notes) is put back afterwards.
+
+    The project's training code reports through ``nni.report_intermediate_result`` / ``nni.report_final_result``,
+    looked up at call time; those two names are what is replaced here, for the block only.
+    """
     if not enabled:
         yield
         return
-    from nni.runtime.trial_command_channel import get_default_trial_command_channel, set_default_trial_command_channel
+    import nni
+    import nni.trial
+    from nni.runtime.env_vars import trial_env_vars
+    from nni.runtime.trial_command_channel import get_default_trial_command_channel
 
-    inner = get_default_trial_command_channel()
-    set_default_trial_command_channel(_phase_channel(inner, phase))
+    trial_channel = get_default_trial_command_channel()
+    params = nni.trial._params
+    parameter_id = params["parameter_id"] if params else None
+    original_intermediate, original_final = nni.report_intermediate_result, nni.report_final_result
+    sequence = [nni.trial._intermediate_seq]
+
+    def under_inner_engine() -> bool:
+        return get_default_trial_command_channel() is not trial_channel
+
+    def intermediate(metric: Any) -> None:
+        if under_inner_engine():
+            original_intermediate(metric)
+        value = {**metric, "phase": phase} if isinstance(metric, Mapping) else metric
+        trial_channel.send_metric(type="PERIODICAL", parameter_id=parameter_id,
+                                  trial_job_id=trial_env_vars.NNI_TRIAL_JOB_ID, sequence=sequence[0], value=value)
+        sequence[0] += 1
+
+    def final(metric: Any) -> None:
+        if under_inner_engine():
+            original_final(metric)
+
+    nni.report_intermediate_result, nni.report_final_result = intermediate, final
     try:
         yield
     finally:
-        set_default_trial_command_channel(inner)
+        nni.report_intermediate_result, nni.report_final_result = original_intermediate, original_final
+        nni.trial._params = params
+        nni.trial._intermediate_seq = sequence[0]
 
 
 @contextlib.contextmanager
@@ -415,7 +434,7 @@ def _retrain(out: Path, entry: GridEntry, settings: TrialSettings, model: ModelC
               "data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
               "train": dataclasses.asdict(train), "decoder": decoder,
               "connectivity": str(connectivity) if connectivity is not None else None,
-              "fps": {"size": settings.fps_size, "batch": settings.fps_batch}}
+              "fps": {"size": settings.fps_size, "batch": settings.fps_batch, "seconds": settings.fps_seconds}}
     run = RunDir(out, config, resume=True)
     if run.finished:
         return read_json(run.file("metrics.json"))
@@ -432,7 +451,8 @@ def _retrain(out: Path, entry: GridEntry, settings: TrialSettings, model: ModelC
         net, _, seconds = train_network(net, run, train, data, resume=run.resumed, progress=progress,
                                         accelerator=settings.accelerator, report_to_nni=report)
     save_weights(net, run.file("model.pt"))
-    scores = evaluate_network(net, data, fps_size=settings.fps_size, fps_batch=settings.fps_batch, progress=progress)
+    scores = evaluate_network(net, data, fps_size=settings.fps_size, fps_batch=settings.fps_batch,
+                              fps_seconds=settings.fps_seconds, progress=progress)
     metrics = {"method": entry.method, "params": entry.params, "seed": entry.seed, **scores,
                "edges": conn.num_edges if conn is not None else None,
                "stages": len(conn.stages()) if conn is not None else None,
@@ -469,7 +489,7 @@ def run_entry(entry: GridEntry, settings: TrialSettings, results: str | Path, *,
             log(f"[trial] {entry.describe()}: finished before, reusing {retrain_dir / 'metrics.json'}")
             return final_result(read_json(retrain_dir / "metrics.json"), retrain_dir, reused=True)
         try:
-            metrics = _run_entry(entry, settings, run.path, results, report=report, progress=progress, log=log)
+            metrics = _run_entry(entry, settings, run.path, report=report, progress=progress, log=log)
         except BaseException:
             run.file(ERROR_FILE).write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {entry.describe()} failed:\n"
                                             f"{traceback.format_exc()}")
@@ -478,16 +498,17 @@ def run_entry(entry: GridEntry, settings: TrialSettings, results: str | Path, *,
     return final_result(metrics, retrain_dir)
 
 
-def _run_entry(entry: GridEntry, settings: TrialSettings, entry_dir: Path, results: Path, *, report: bool,
-               progress: bool, log: Log) -> dict[str, Any]:
+def _run_entry(entry: GridEntry, settings: TrialSettings, entry_dir: Path, *, report: bool, progress: bool,
+               log: Log) -> dict[str, Any]:
     from .pipeline import resolve_backbone_weights
     from .workflow import run_search
 
     model = settings.model
     if model.backbone_weights is not None:
-        # one file for the search and the retraining; pretrained once per machine (the lock keeps concurrent
-        # trials from training the same cached backbone twice)
-        with _file_lock(results / LOCK_DIR / "pretrain.lock"):
+        # one file for the search and the retraining; pre-trained once per machine (the lock keeps concurrent
+        # trials from training the same cached backbone side by side)
+        from .pretrain import backbone_cache_dir
+        with _file_lock(backbone_cache_dir() / ".pretrain.lock"):
             weights = resolve_backbone_weights(model, settings.data, log, settings.pretrain)
         model = dataclasses.replace(model, backbone_weights=weights)
     connectivity = None
