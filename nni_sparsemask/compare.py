@@ -67,12 +67,18 @@ def load_config(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment config not found: {path}")
+    from nni.experiment.config.utils import internal as config_internals
+
     try:
         config = ExperimentConfig.load(str(path))
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     except Exception as err:  # NNI raises TypeError / ValueError / AttributeError / AssertionError for bad fields
         raise ValueError(f"{path} is not a valid NNI experiment config: {_reason(err)}") from None
+    finally:
+        # ExperimentConfig.load leaves its base path set when the config fails to load, and every later load
+        # then fails on an assert; it has been captured by the config objects by now
+        config_internals.unset_base_path()
     if type(config) is not ExperimentConfig:
         raise ValueError(f"{path} is a {type(config).__name__}: the comparison is an HPO experiment (nnictl cannot "
                          "launch NAS experiments); use experimentType hpo")
@@ -228,6 +234,8 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
 
 
 def _is_loopback(ip: str) -> bool:
+    if ip == "localhost":
+        return True
     try:
         return ipaddress.ip_address(ip.split("%")[0]).is_loopback
     except ValueError:
@@ -394,28 +402,69 @@ def _wait(experiment: Any, total: Optional[int], poll: float, log: Log) -> str:
 
 
 def _failed_trials(experiment: Any) -> list[str]:
-    lines = []
+    """One line (trial id, status, parameters, log) per trial that failed and whose entry no other trial finished
+    (a failure retried successfully after ``--resume`` is not reported)."""
+    jobs = []
     with contextlib.suppress(Exception):
         for job in experiment.list_trial_jobs():
-            if job.status in ("FAILED", "SYS_CANCELED", "USER_CANCELED"):
-                params = job.hyperParameters[0].parameters if job.hyperParameters else {}
-                log_path = str(job.logPath or "").replace("file://localhost:", "")
-                lines.append(f"{job.trialJobId} {job.status.lower()} {json.dumps(params, sort_keys=True)}: {log_path}")
+            params = job.hyperParameters[0].parameters if job.hyperParameters else {}
+            jobs.append((job, json.dumps(params, sort_keys=True)))
+    succeeded = {params for job, params in jobs if job.status == "SUCCEEDED"}
+    lines = []
+    for job, params in jobs:
+        if job.status in ("FAILED", "SYS_CANCELED", "USER_CANCELED", "EARLY_STOPPED") and params not in succeeded:
+            log_dir = str(job.logPath or "").replace("file://localhost:", "")
+            lines.append(f"{job.trialJobId} {job.status.lower()} {params}: {_last_error(Path(log_dir))}"
+                         f"(log: {log_dir})")
     return lines
 
 
+def _last_error(log_dir: Path) -> str:
+    """The last line of a local trial's stderr (its error), or ''."""
+    with contextlib.suppress(OSError):
+        lines = [line.strip() for line in (log_dir / "trial.stderr").read_text(errors="replace").splitlines()]
+        lines = [line for line in lines if line]
+        if lines:
+            return lines[-1][:300] + " "
+    return ""
+
+
 class _ExperimentSource:
-    """What ``write_report`` reads from the running experiment (no second manager is started to view it)."""
+    """What ``write_report`` reads from the running experiment (no second manager is started to view it).
+
+    One trial per run directory: an entry NNI handed out twice (a trial interrupted by a stop is resumed, and
+    GridSearch, which never saw its result, hands it out again; the second trial reuses the result) would
+    otherwise count twice in Table 1.
+    """
 
     def __init__(self, experiment: Any) -> None:
         self._experiment = experiment
         self.id = experiment.id
 
-    def export_data(self) -> Any:
-        return self._experiment.export_data()
+    def export_data(self) -> list[Any]:
+        seen, trials = set(), []
+        for trial in self._experiment.export_data():
+            run_dir = _run_dir_of(getattr(trial, "value", None))
+            if run_dir is not None:
+                if run_dir in seen:
+                    continue
+                seen.add(run_dir)
+            trials.append(trial)
+        return trials
 
     def __str__(self) -> str:
         return f"NNI experiment {self.id}"
+
+
+def _run_dir_of(value: Any) -> Optional[str]:
+    for _ in range(2):  # NNI may hand the final result back JSON-encoded, even twice
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return None
+    run_dir = value.get("run_dir") if isinstance(value, dict) else None
+    return str(run_dir) if run_dir else None
 
 
 def _resume_plan(experiment_id: str, config_path: Optional[str]) -> ComparisonPlan:
