@@ -41,7 +41,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import re
 import sys
 import time
@@ -509,7 +508,7 @@ def _run_entry(entry: GridEntry, settings: TrialSettings, entry_dir: Path, *, re
         # trials from training the same cached backbone side by side)
         from .pretrain import backbone_cache_dir
         with _file_lock(backbone_cache_dir() / ".pretrain.lock"):
-            weights = resolve_backbone_weights(model, settings.data, log, settings.pretrain)
+            weights = resolve_backbone_weights(model, settings.data, log, settings.pretrain, progress=progress)
         model = dataclasses.replace(model, backbone_weights=weights)
     connectivity = None
     if entry.kind != "decoder":
