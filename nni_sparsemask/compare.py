@@ -600,7 +600,7 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nni_sparsemask.compare")
+    parser = argparse.ArgumentParser(prog="sparsemask")
     sub = parser.add_subparsers(dest="command", required=True)
     register_cli(sub)
     args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
