@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_report)
+
+    from .compare import register_cli
+    register_cli(sub)
     return parser
 
 
@@ -261,6 +264,10 @@ class _DropNoise:
 
 def _quiet_nni() -> None:
     import logging
+    import warnings
+    # NNI 3.0 warns once per unknown torch class on every import; torch.utils.benchmark logs "No CUDA runtime"
+    warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module", category=RuntimeWarning)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     for handler in logging.getLogger("nni").handlers:
         if not any(isinstance(f, _DropNoise) for f in handler.filters):
             handler.addFilter(_DropNoise())
@@ -268,7 +275,8 @@ def _quiet_nni() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("search", "demo"):
+    if args.command in ("search", "retrain", "evaluate", "demo"):
+        _quiet_nni()
         import nni  # noqa: F401  (sets up NNI's log handlers, which the filter is attached to)
         _quiet_nni()
     try:

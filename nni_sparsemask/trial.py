@@ -409,55 +409,18 @@ def final_result(metrics: Mapping[str, Any], run_dir: Path, reused: bool = False
 
 def _retrain(out: Path, entry: GridEntry, settings: TrialSettings, model: ModelConfig,
              connectivity: Optional[Path], *, report: bool, progress: bool, log: Log) -> dict[str, Any]:
-    """Retrain + evaluate, as ``workflow.run_retrain`` (same config.json and metrics.json), but reporting every epoch
-    to NNI and keeping the grid entry's own ``params`` (a sampler's ``sample``) in the results."""
-    from .connectivity import Connectivity
-    from .pipeline import build_network, check_connectivity, evaluate_network, save_weights, train_network
-    from .rundir import RunDir, read_json
-    from .workflow import SEARCH_DONE
+    """``workflow.run_retrain`` of the entry (resumable), reporting every epoch to NNI and keeping the grid entry's
+    own ``params`` (a sampler's ``sample``) in the results."""
+    from .workflow import run_retrain
 
-    data = settings.data
     train = TrainConfig(epochs=settings.retrain_epochs, learning_rate=settings.retrain_lr, seed=entry.seed)
     decoder = entry.method if entry.kind == "decoder" else None
-    conn, extra = None, {}
-    if connectivity is not None:
-        conn = Connectivity.from_json(connectivity)
-        check_connectivity(conn, model, data.num_classes, str(connectivity))
-        summary_path = connectivity.parent / SEARCH_DONE
-        if not summary_path.is_file():  # samples/sample-NN.json: the summary is one level up
-            summary_path = connectivity.parent.parent / SEARCH_DONE
-        if summary_path.is_file():
-            summary = read_json(summary_path)
-            extra = {k: summary[k] for k in ("binarization_gap", "search_seconds") if summary.get(k) is not None}
-    config = {"command": "retrain", "method": entry.method, "params": entry.params, "seed": entry.seed,
-              "data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
-              "train": dataclasses.asdict(train), "decoder": decoder,
-              "connectivity": str(connectivity) if connectivity is not None else None,
-              "fps": {"size": settings.fps_size, "batch": settings.fps_batch, "seconds": settings.fps_seconds}}
-    run = RunDir(out, config, resume=True)
-    if run.finished:
-        return read_json(run.file("metrics.json"))
-    if conn is not None:
-        conn.to_json(run.file("connectivity.json"), overwrite=True)
-    net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=model.backbone_weights)
-    if conn is None and decoder != "deeplabv3":  # DeepLabV3 has a head of its own, not a connectivity
-        from .baselines import decoder_connectivity
-        conn = decoder_connectivity(decoder, model.backbone, net.encoder.feature_info, model.backbone_kwargs)
-        conn.to_json(run.file("connectivity.json"), overwrite=True)
-    log(f"[trial] retrain {entry.describe()}: {train.epochs} epochs, run dir {run.path}"
-        + (" (resumed)" if run.resumed else ""))
+    log(f"[trial] retrain {entry.describe()}: {train.epochs} epochs, run dir {out}")
     with _reporting_phase("retrain", report):
-        net, _, seconds = train_network(net, run, train, data, resume=run.resumed, progress=progress,
-                                        accelerator=settings.accelerator, report_to_nni=report)
-    save_weights(net, run.file("model.pt"))
-    scores = evaluate_network(net, data, fps_size=settings.fps_size, fps_batch=settings.fps_batch,
-                              fps_seconds=settings.fps_seconds, progress=progress)
-    metrics = {"method": entry.method, "params": entry.params, "seed": entry.seed, **scores,
-               "edges": conn.num_edges if conn is not None else None,
-               "stages": len(conn.stages()) if conn is not None else None,
-               "train_seconds": seconds, "epochs": train.epochs, **extra}
-    run.write_json("metrics.json", metrics)
-    return metrics
+        return run_retrain(out, settings.data, model, train, connectivity=connectivity, decoder=decoder,
+                           fps_size=settings.fps_size, fps_batch=settings.fps_batch, fps_seconds=settings.fps_seconds,
+                           resume=True, progress=progress, accelerator=settings.accelerator, log=log,
+                           method=entry.method, params=entry.params, report_to_nni=report)
 
 
 def run_entry(entry: GridEntry, settings: TrialSettings, results: str | Path, *, report: bool = False,

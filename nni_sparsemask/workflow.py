@@ -146,33 +146,39 @@ def run_prune(search_dir: str | Path, out: str | Path, threshold: float, *, over
 # ------------------------------------------------------------------------------------------------ retrain
 def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: TrainConfig, *,
                 connectivity: str | Path | None = None, decoder: Optional[str] = None, fps_size: int = 512,
-                fps_batch: int = 1, overwrite: bool = False, resume: bool = False, progress: bool = True,
-                accelerator: str = "auto", log: Log = print) -> dict[str, Any]:
+                fps_batch: int = 1, fps_seconds: float = 2.0, overwrite: bool = False, resume: bool = False,
+                progress: bool = True, accelerator: str = "auto", log: Log = print, method: Optional[str] = None,
+                params: Optional[dict[str, Any]] = None, report_to_nni: bool = False) -> dict[str, Any]:
     """Train a fixed decoder (a searched ``connectivity.json`` or a hand-designed ``decoder``) with L_task only,
-    evaluate it, and write ``metrics.json`` (the row Table 1 and Fig. 4 read)."""
+    evaluate it, and write ``metrics.json`` (the row Table 1 and Fig. 4 read).
+
+    ``method`` / ``params`` name the run in the results (default: the search's, from the connectivity's meta, or
+    the decoder's name); ``report_to_nni`` sends every epoch's val mIoU to NNI (inside an nnictl trial).
+    The search summary (binarisation gap, search time) is read from ``search.json`` beside the connectivity
+    file, or one level up for a sampler's ``samples/sample-NN.json``."""
     if (connectivity is None) == (decoder is None):
         raise ValueError("give exactly one of --connectivity FILE and --decoder NAME")
     conn = None
     extra: dict[str, Any] = {}
     if connectivity is not None:
-        conn = Connectivity.from_json(Path(connectivity))
+        connectivity = Path(connectivity)
+        conn = Connectivity.from_json(connectivity)
         check_connectivity(conn, model, data.num_classes, str(connectivity))
-        method = str(conn.meta.get("method", "searched"))
-        params = dict(conn.meta.get("params") or {})
-        for key in ("binarization_gap", "search_seconds"):
-            summary = Path(connectivity).parent / SEARCH_DONE
+        method = method or str(conn.meta.get("method", "searched"))
+        params = dict(conn.meta.get("params") or {}) if params is None else dict(params)
+        for summary in (connectivity.parent / SEARCH_DONE, connectivity.parent.parent / SEARCH_DONE):
             if summary.is_file():
-                value = read_json(summary).get(key)
-                if value is not None:
-                    extra[key] = value
+                found = read_json(summary)
+                extra = {k: found[k] for k in ("binarization_gap", "search_seconds") if found.get(k) is not None}
+                break
     else:
         from .baselines.registry import DECODERS
         DECODERS.get(decoder)  # unknown name -> clear error before anything is written
-        method, params = decoder, {}
+        method, params = method or decoder, dict(params or {})
     config = _base_config("retrain", method, params, train.seed, data, model)
     config.update(train=dataclasses.asdict(train), decoder=decoder,
                   connectivity=str(connectivity) if connectivity is not None else None,
-                  fps={"size": fps_size, "batch": fps_batch})
+                  fps={"size": fps_size, "batch": fps_batch, "seconds": fps_seconds})
     run = RunDir(out, config, overwrite=overwrite, resume=resume)
     if run.finished:
         log(f"[retrain] {run.path} is already finished; its results are kept as they are")
@@ -187,9 +193,10 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
             run.file("connectivity.json"), overwrite=True)
     log(f"[retrain] {method}: {train.epochs} epochs on {data.dataset}, run dir {run.path}")
     net, history, seconds = train_network(net, run, train, data, resume=run.resumed, progress=progress,
-                                          accelerator=accelerator)
+                                          accelerator=accelerator, report_to_nni=report_to_nni)
     save_weights(net, run.file("model.pt"))
-    scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, progress=progress)
+    scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, fps_seconds=fps_seconds,
+                              progress=progress)
     edges = conn.num_edges if conn is not None else None
     stages = len(conn.stages()) if conn is not None else None
     if conn is None and run.file("connectivity.json").is_file():

@@ -265,7 +265,7 @@ def test_trial_refuses_other_settings_for_an_existing_entry(tmp_path):
 
 
 def test_failing_entry_raises_without_touching_other_run_dirs(tmp_path, monkeypatch, capsys):
-    import nni_sparsemask.pipeline as pipeline
+    import nni_sparsemask.workflow as workflow
 
     results = tmp_path / "runs"
     other = results / "unet_seed=0" / "retrain"
@@ -277,7 +277,7 @@ def test_failing_entry_raises_without_touching_other_run_dirs(tmp_path, monkeypa
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("simulated out of memory")
 
-    monkeypatch.setattr(pipeline, "train_network", out_of_memory)
+    monkeypatch.setattr(workflow, "train_network", out_of_memory)
     parameters = {"params": {"_name": "rand_rule", "sample": 1}, "seed": 3}
     entry = trial.parse_entry(parameters)
     with pytest.raises(RuntimeError, match="simulated out of memory"):
