@@ -13,7 +13,8 @@ skipped runs are kept in ``df.attrs["skipped"]`` (see :func:`skipped_runs`) for 
 readable run is an error.
 
 Columns (:data:`CORE_COLUMNS`, with one column per hyper-parameter after ``kind``): ``method``, ``family``,
-``group``, ``kind`` (see :mod:`.families`), ``config`` (the hyper-parameters as sorted JSON), ``seed``, ``miou``,
+``group``, ``kind`` (see :mod:`.families`), ``config`` (the hyper-parameters as sorted JSON, without
+:data:`REPLICATE_KEYS` and NNI's ``_``-keys: the grouping key of Table 1), ``seed``, ``miou``,
 ``pixel_accuracy``, ``fg_iou``, ``params_encoder``, ``params_decoder``, ``fps``, ``fps_device``, ``edges``,
 ``stages``, ``binarization_gap`` (``inf`` when every dropped w is exactly 0, NaN when unknown),
 ``search_seconds``, ``train_seconds``, ``run_dir``, ``connectivity`` (path or None), ``source`` (``rundir`` or
@@ -43,6 +44,8 @@ CORE_COLUMNS = [
 ]
 _NUMERIC = ["miou", "pixel_accuracy", "fg_iou", "params_encoder", "params_decoder", "fps", "edges", "stages",
             "binarization_gap", "search_seconds", "train_seconds"]
+#: hyper-parameters that tell replicates apart, not settings (left out of ``config``, the grouping key)
+REPLICATE_KEYS = ("seed", "sample")
 _EXPERIMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 METRICS = "metrics.json"
 
@@ -88,8 +91,13 @@ def _row(method: Any, params: Mapping[str, Any], seed: Any, metrics: Mapping[str
     if not isinstance(params, Mapping):
         raise ValueError(f"{where}: 'params' must be an object, got {type(params).__name__}")
     fam = family_of(method, params)
+    # the grouping key leaves out what varies between replicates of one setting: the seed, a random sample's
+    # index, and NNI's own keys ("_name" of a nested choice)
+    setting = {k: v for k, v in params.items() if k not in REPLICATE_KEYS and not str(k).startswith("_")}
     row: dict[str, Any] = {"method": method, "family": fam.name, "group": fam.group, "kind": fam.kind,
-                           "config": json.dumps(dict(params), sort_keys=True, default=str)}
+                           "config": json.dumps(setting, sort_keys=True, default=str)}
+    if seed is None and isinstance(params.get("seed"), int):
+        seed = params["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"{where}: 'seed' must be an integer, got {seed!r}")
     row["seed"] = seed

@@ -600,15 +600,9 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="sparsemask")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register_cli(sub)
-    args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"sparsemask compare: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m nni_sparsemask.compare ARGS`` = ``sparsemask compare ARGS``."""
+    from .cli import main as cli_main
+    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

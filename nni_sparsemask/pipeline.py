@@ -124,15 +124,22 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
 
 
-def config_from_dict(cls, data: Any, where: str):
-    """``cls(**data)`` with a clear error for unknown or missing fields (configs read back from JSON)."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+def checked_fields(cls, data: Any, where: str, noun: Optional[str] = None) -> dict[str, Any]:
+    """``data`` as a dict after checking that it is a JSON object whose keys are fields of dataclass ``cls``."""
+    from collections.abc import Mapping
+    noun = noun or f"{cls.__name__} field"
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
+        raise ValueError(f"{where}: unknown {noun}(s) {unknown}; known: {sorted(known)}")
+    return dict(data)
+
+
+def config_from_dict(cls, data: Any, where: str):
+    """``cls(**data)`` with a clear error for unknown fields (configs read back from JSON)."""
+    return cls(**checked_fields(cls, data, where))
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from .pipeline import PRETRAINED, DataConfig, ModelConfig, TrainConfig, config_from_dict
+from .pipeline import PRETRAINED, DataConfig, ModelConfig, TrainConfig, checked_fields, config_from_dict
 
 __all__ = ["TrialSettings", "GridEntry", "PRESETS", "preset_settings", "parse_entry", "expand_search_space",
            "check_search_space", "run_entry", "build_parser", "settings_from_args", "main"]
@@ -110,13 +110,7 @@ class TrialSettings:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "trial settings") -> "TrialSettings":
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
-        values = dict(data)
+        values = checked_fields(cls, data, where, noun="setting")
         if "data" in values:
             values["data"] = config_from_dict(DataConfig, values["data"], f"{where}: data")
         if "model" in values:

@@ -11,3 +11,10 @@ RESNET_INFO = [FeatureInfo(c, r) for c, r in [(64, 2), (64, 4), (128, 8), (256, 
 
 def small_info(reductions=(2, 4, 8, 16), channels=(4, 6, 8, 10)):
     return [FeatureInfo(c, r) for c, r in zip(channels, reductions)]
+
+
+#: trial settings of the comparison tests: 32x32 scenes, a 5-stage convnet 4-8 channels wide, one epoch, no pre-training
+TRIAL_TINY = {"data": {"image_size": 32, "train_scenes": 16, "val_scenes": 8, "batch_size": 8},
+              "model": {"backbone": "convnet", "backbone_kwargs": {"widths": [4, 8, 8, 8, 8]},
+                        "backbone_weights": None, "decoder_channels": 8},
+              "search_epochs": 1, "retrain_epochs": 1, "fps_size": 32, "fps_seconds": 0.2, "accelerator": "cpu"}

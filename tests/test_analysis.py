@@ -250,6 +250,19 @@ def test_table_disambiguates_several_settings(root):
     assert {"SparseMask (lambda_sparse=0.01)", "SparseMask (lambda_sparse=0.05)"} <= set(s["label"])
 
 
+def test_seeds_and_samples_in_params_are_replicates_not_settings(tmp_path):
+    """Search runs carry their seed (and a random sample's index) in params: they group into one Table 1 row."""
+    for seed, miou in ((0, 0.30), (1, 0.40)):
+        write_run(tmp_path, f"mc-{seed}", "maskconnect", {"k": 3, "seed": seed, "_name": "maskconnect"}, None, miou)
+        write_run(tmp_path, f"rand-{seed}", "random", {"samples": 8, "sample": seed, "seed": 0}, seed, miou)
+    df = results.load_results(tmp_path)
+    assert sorted(df["seed"].tolist()) == [0, 0, 1, 1]  # the seed in params fills a missing seed
+    s = table.summarize(df)
+    assert sorted(s["label"]) == ["MaskConnect k=3", "Rand"] and s["n"].tolist() == [2, 2]
+    md = table.table1_markdown(df)
+    assert md.count("35.00 ± 7.07%") == 2
+
+
 def test_gap_table(root):
     md = table.gap_table_markdown(results.load_results(root))
     assert "| L1 lambda=0.005 | 1 | 2.6x | - |" in md

@@ -9,9 +9,7 @@ TINY_MODEL = ["--backbone", "convnet", "--backbone-kwargs", '{"widths": [4, 8, 8
 TINY_DATA = ["--image-size", "32", "--train-scenes", "32", "--val-scenes", "8", "--batch-size", "8"]
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sm-cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_every_command_has_help():

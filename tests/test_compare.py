@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import TRIAL_TINY
 
 from nni_sparsemask import compare
 
@@ -19,16 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 NODE = Path(__import__("nni_node").__path__[0]) / "node"
 
-#: the trial's tiny settings (32x32 scenes, a narrow convnet, one epoch, no pre-training)
-TINY = {"data": {"image_size": 32, "train_scenes": 16, "val_scenes": 8, "batch_size": 8},
-        "model": {"backbone": "convnet", "backbone_kwargs": {"widths": [4, 8, 8, 8, 8]}, "backbone_weights": None,
-                  "decoder_channels": 8},
-        "search_epochs": 1, "retrain_epochs": 1, "fps_size": 32, "fps_seconds": 0.2, "accelerator": "cpu"}
+TINY = TRIAL_TINY
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sm-cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import TRIAL_TINY
 
 from nni_sparsemask import trial
 from nni_sparsemask.baselines.registry import DECODERS, STRATEGIES
@@ -12,16 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 CONFIGS = ["comparison-quick.yml", "comparison.yml", "remote.yml", "kubeflow.yml", "frameworkcontroller.yml"]
 
-#: tiny settings: 32x32 scenes, a 5-stage convnet 4-8 channels wide, one epoch, no pre-training
-TINY = {"data": {"image_size": 32, "train_scenes": 16, "val_scenes": 8, "batch_size": 8},
-        "model": {"backbone": "convnet", "backbone_kwargs": {"widths": [4, 8, 8, 8, 8]}, "backbone_weights": None,
-                  "decoder_channels": 8},
-        "search_epochs": 1, "retrain_epochs": 1, "fps_size": 32, "fps_seconds": 0.2, "accelerator": "cpu"}
+TINY = TRIAL_TINY
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sm-cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def tiny_settings():

@@ -19,18 +19,16 @@ TRAIN = TrainConfig(epochs=1, learning_rate=0.01)
 QUIET = dict(progress=False, log=lambda s: None, accelerator="cpu")
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sm-cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
-    import os
-    os.environ.setdefault("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sm-cache"))
     out = tmp_path_factory.mktemp("search") / "sm"
-    run_search(out, "sparsemask", {"lambda_sparse": 0.01}, DATA, MODEL, epochs=2, learning_rate=0.01,
-               arc_learning_rate=0.2, **QUIET)
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the function-scoped isolated_cache is not set yet
+        mp.setenv("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sm-cache"))
+        run_search(out, "sparsemask", {"lambda_sparse": 0.01}, DATA, MODEL, epochs=2, learning_rate=0.01,
+                   arc_learning_rate=0.2, **QUIET)
     return out
 
 
