@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sparsemask demo
+	$(VENV)/bin/sparsemask demo --resume
 
 test: $(STAMP)
 	$(PY) -m pytest -q

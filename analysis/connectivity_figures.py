@@ -144,6 +144,8 @@ def plot_w_history(conn_or_history: Connectivity | Sequence[Mapping[str, Sequenc
     Colours follow the candidate name and are the same in every panel (solid: encoder ``E``, dashed:
     decoder ``D``, thick black: ``G``); one legend for all panels, on the right.
     """
+    from matplotlib.ticker import MaxNLocator
+
     history, num_stages = _history_of(conn_or_history, num_stages)
     labels = [f"D{l}" for l in range(num_stages, 0, -1) if any(f"D{l}" in e for e in history)]
     _, cols = grid_names(num_stages)
@@ -168,6 +170,7 @@ def plot_w_history(conn_or_history: Connectivity | Sequence[Mapping[str, Sequenc
         ax.set_title(f"{label} (|T|={len(names)})", fontsize=9)
         ax.set_ylim(-0.05, 1.05)
         ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     for ax in axes[len(labels):]:
         ax.set_visible(False)
     for ax in axes[:len(labels)]:
