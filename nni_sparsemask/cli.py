@@ -58,6 +58,13 @@ def _add_run(p: argparse.ArgumentParser, resume: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_schedule(p: argparse.ArgumentParser) -> None:
+    """``--epochs``, ``--lr`` and ``--seed``, shared by ``search`` and ``retrain``."""
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=0.02, help="encoder learning rate (decoder x10)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _add_fps(p: argparse.ArgumentParser, default: int = 512) -> None:
     p.add_argument("--fps-size", type=int, default=default, help=f"FPS input side (default {default})")
     p.add_argument("--fps-batch", type=int, default=1, help="FPS batch size (default 1)")
@@ -185,10 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None, help="maskconnect: inputs per stage (2..5)")
     p.add_argument("--samples", type=int, default=None, help="random / rand_rule: decoders sampled")
     p.add_argument("--density", type=float, default=None, help="random / rand_rule: edge probability")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=0.02, help="encoder learning rate (decoder x10)")
+    _add_schedule(p)
     p.add_argument("--arc-lr", type=float, default=0.02, help="learning rate of the architecture weights")
-    p.add_argument("--seed", type=int, default=0)
     _add_data(p)
     _add_model(p)
     _add_run(p)
@@ -205,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--connectivity", help="connectivity.json of a search or prune run")
     which.add_argument("--decoder", help="fcn, unet, sparseacn, deeplabv3 or fdn")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=0.02, help="encoder learning rate (decoder x10)")
-    p.add_argument("--seed", type=int, default=0)
+    _add_schedule(p)
     _add_data(p)
     _add_model(p)
     _add_fps(p)
@@ -268,6 +271,7 @@ def _quiet_nni() -> None:
     # NNI 3.0 warns once per unknown torch class on every import; torch.utils.benchmark logs "No CUDA runtime"
     warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module", category=RuntimeWarning)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nni  # noqa: F401  (after the filter above; sets up NNI's log handlers, which the filter below joins)
     for handler in logging.getLogger("nni").handlers:
         if not any(isinstance(f, _DropNoise) for f in handler.filters):
             handler.addFilter(_DropNoise())
@@ -276,8 +280,6 @@ def _quiet_nni() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("search", "retrain", "evaluate", "demo"):
-        _quiet_nni()
-        import nni  # noqa: F401  (sets up NNI's log handlers, which the filter is attached to)
         _quiet_nni()
     try:
         return args.func(args)

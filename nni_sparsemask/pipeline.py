@@ -29,7 +29,7 @@ from .rundir import RunDir
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "DATASETS", "make_loaders", "resolve_backbone_weights",
            "build_network", "train_network", "evaluate_network", "check_connectivity", "class_names",
-           "HistoryCallback"]
+           "history_callback"]
 
 DATASETS = ("digitscenes", "voc")
 PRETRAINED = "pretrained"  # backbone_weights value: the cached DigitScenes classifier (sparsemask pretrain)
@@ -221,42 +221,42 @@ def build_network(model: ModelConfig, num_classes: int, *, connectivity: Optiona
 
 
 # ------------------------------------------------------------------------------------------------ training
-class HistoryCallback:
-    """Lightning callback: one row per validation epoch into ``history.csv`` (kept in checkpoints for resume)."""
+def history_callback(run: RunDir, t0: float):
+    """A Lightning callback writing one row per validation epoch into ``history.csv`` (its rows are kept in
+    checkpoints, so a resume continues the file). Built here so that importing this module does not import
+    Lightning."""
+    import pytorch_lightning as pl
 
-    def __new__(cls, run: RunDir, t0: float):
-        import pytorch_lightning as pl
+    class _History(pl.Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict[str, Any]] = []
 
-        class _History(pl.Callback):
-            def __init__(self) -> None:
-                self.rows: list[dict[str, Any]] = []
+        def on_train_epoch_start(self, trainer, module) -> None:
+            self._losses: list[float] = []
 
-            def on_train_epoch_start(self, trainer, module) -> None:
-                self._losses: list[float] = []
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            if loss is not None:
+                self._losses.append(float(loss.detach()))
 
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-                if loss is not None:
-                    self._losses.append(float(loss.detach()))
+        def on_validation_end(self, trainer, module) -> None:
+            # (not on_validation_epoch_end: callbacks run before the module's hook that sets last_scores)
+            if trainer.sanity_checking:
+                return
+            losses = getattr(self, "_losses", [])
+            row = {"epoch": trainer.current_epoch + 1,
+                   "train_loss": sum(losses) / len(losses) if losses else math.nan,
+                   **module.last_scores, "seconds": round(time.time() - t0, 2)}
+            self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+            run.write_history(self.rows)
 
-            def on_validation_end(self, trainer, module) -> None:
-                # (not on_validation_epoch_end: callbacks run before the module's hook that sets last_scores)
-                if trainer.sanity_checking:
-                    return
-                losses = getattr(self, "_losses", [])
-                row = {"epoch": trainer.current_epoch + 1,
-                       "train_loss": sum(losses) / len(losses) if losses else math.nan,
-                       **{k: v for k, v in module.last_scores.items()}, "seconds": round(time.time() - t0, 2)}
-                self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
-                run.write_history(self.rows)
+        def state_dict(self) -> dict[str, Any]:
+            return {"rows": self.rows}
 
-            def state_dict(self) -> dict[str, Any]:
-                return {"rows": self.rows}
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.rows = list(state.get("rows", []))
 
-            def load_state_dict(self, state: dict[str, Any]) -> None:
-                self.rows = list(state.get("rows", []))
-
-        return _History()
+    return _History()
 
 
 def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataConfig, *, resume: bool = False,
@@ -280,7 +280,7 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
     module.report_to_nni = report_to_nni
     train_loader, val_loader = make_loaders(data)
     t0 = time.time()
-    history = HistoryCallback(run, t0)
+    history = history_callback(run, t0)
     ckpt = ModelCheckpoint(dirpath=run.checkpoints, filename="epoch{epoch}", save_last=True, save_top_k=0,
                            auto_insert_metric_name=False)
     last = run.checkpoints / "last.ckpt"

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
-from .data.digitscenes import CACHE_ENV, DigitScenes
+from .data.digitscenes import DigitScenes, cache_root
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain_backbone", "pretrained_backbone", "backbone_cache_dir",
            "cached_weights_path"]
@@ -112,11 +112,7 @@ class _Classifier(nn.Module):
 
 def backbone_cache_dir() -> Path:
     """``$NNI_SPARSEMASK_CACHE_DIR/backbones``, else ``${XDG_CACHE_HOME:-~/.cache}/nni_sparsemask/backbones``."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return Path(root).expanduser() / "backbones"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "nni_sparsemask" / "backbones"
+    return cache_root() / "backbones"
 
 
 def cached_weights_path(config: PretrainConfig, cache_dir: Union[str, Path, None] = None) -> Path:

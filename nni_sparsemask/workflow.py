@@ -132,11 +132,14 @@ def run_prune(search_dir: str | Path, out: str | Path, threshold: float, *, over
     conn = full.prune(threshold)
     conn.meta = dict(conn.meta, params=config["params"])
     conn.to_json(run.file("connectivity.json"), overwrite=True)
-    kept = [e.weight for e in conn.edges]
-    dropped = [e.weight for e in full.edges if e.weight < threshold]
-    gap = (min(kept) / max(dropped) if dropped and max(dropped) > 0 else float("inf")) if kept else None
+    from .strategy import binarization_report  # the search's own definition of the gap, at the new sigma
+    weights: dict[str, list[float]] = {}
+    for e in full.edges:
+        weights.setdefault(e.target, []).append(e.weight)
+    gap = binarization_report(weights, threshold)["overall"]
     summary = {"method": config.get("method"), "params": config["params"], "edges": conn.num_edges,
-               "stages": len(conn.stages()), "threshold": threshold, "binarization_gap": gap, "source": str(search_dir)}
+               "stages": len(conn.stages()), "threshold": threshold, "binarization": gap,
+               "binarization_gap": gap["gap"], "source": str(search_dir)}
     run.write_json(SEARCH_DONE, summary)
     log(f"[prune] {full.num_edges} edges -> {conn.num_edges} kept at sigma={threshold} "
         f"({len(conn.stages())} stages): {run.file('connectivity.json')}")
@@ -183,27 +186,23 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
     if run.finished:
         log(f"[retrain] {run.path} is already finished; its results are kept as they are")
         return read_json(run.file("metrics.json"))
-    if conn is not None:
-        conn.to_json(run.file("connectivity.json"), overwrite=True)
     weights = resolve_backbone_weights(model, data, log, progress=progress)
     net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=weights)
+    layout = conn  # the decoder's edges (None for DeepLabV3, a head of its own)
     if conn is None and decoder != "deeplabv3":
         from .baselines import decoder_connectivity
-        decoder_connectivity(decoder, model.backbone, net.encoder.feature_info, model.backbone_kwargs).to_json(
-            run.file("connectivity.json"), overwrite=True)
+        layout = decoder_connectivity(decoder, model.backbone, net.encoder.feature_info, model.backbone_kwargs)
+    if layout is not None:
+        layout.to_json(run.file("connectivity.json"), overwrite=True)
     log(f"[retrain] {method}: {train.epochs} epochs on {data.dataset}, run dir {run.path}")
     net, history, seconds = train_network(net, run, train, data, resume=run.resumed, progress=progress,
                                           accelerator=accelerator, report_to_nni=report_to_nni)
     save_weights(net, run.file("model.pt"))
     scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, fps_seconds=fps_seconds,
                               progress=progress)
-    edges = conn.num_edges if conn is not None else None
-    stages = len(conn.stages()) if conn is not None else None
-    if conn is None and run.file("connectivity.json").is_file():
-        c = Connectivity.from_json(run.file("connectivity.json"))
-        edges, stages = c.num_edges, len(c.stages())
-    metrics = {"method": method, "params": params, "seed": train.seed, **scores, "edges": edges,
-               "stages": stages, "train_seconds": seconds, "epochs": train.epochs, **extra}
+    metrics = {"method": method, "params": params, "seed": train.seed, **scores,
+               "edges": layout.num_edges if layout is not None else None,
+               "stages": len(layout.stages()) if layout is not None else None, "train_seconds": seconds, "epochs": train.epochs, **extra}
     run.write_json("metrics.json", metrics)
     return metrics
 

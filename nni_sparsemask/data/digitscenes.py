@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = [
-    "DigitScenesConfig", "DigitScenes", "generate_scenes", "load_or_generate", "default_cache_dir",
+    "DigitScenesConfig", "DigitScenes", "generate_scenes", "load_or_generate", "default_cache_dir", "cache_root",
     "TASKS", "SPLITS", "NUM_CLASSES", "IGNORE_INDEX", "CACHE_ENV", "GENERATOR_VERSION",
 ]
 
@@ -310,13 +310,18 @@ def generate_scenes(config: DigitScenesConfig, progress: bool = True) -> dict[st
 # Disk cache
 # ------------------------------------------------------------------------------------------------------------
 
-def default_cache_dir() -> Path:
-    """``$NNI_SPARSEMASK_CACHE_DIR/digitscenes``, else ``${XDG_CACHE_HOME:-~/.cache}/nni_sparsemask/digitscenes``."""
+def cache_root() -> Path:
+    """The project's cache: ``$NNI_SPARSEMASK_CACHE_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/nni_sparsemask``."""
     root = os.environ.get(CACHE_ENV)
     if root:
-        return Path(root).expanduser() / "digitscenes"
+        return Path(root).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "nni_sparsemask" / "digitscenes"
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "nni_sparsemask"
+
+
+def default_cache_dir() -> Path:
+    """``$NNI_SPARSEMASK_CACHE_DIR/digitscenes``, else ``${XDG_CACHE_HOME:-~/.cache}/nni_sparsemask/digitscenes``."""
+    return cache_root() / "digitscenes"
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
