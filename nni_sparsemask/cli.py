@@ -122,28 +122,33 @@ def _prune(args) -> int:
     return 0
 
 
+def _print_metrics(title: str, m: dict) -> None:
+    from .workflow import format_iou
+
+    print(f"{title}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params_text']}, "
+          f"{m['fps']:.1f} FPS ({m['fps_device']}, {m['fps_input'][0]}px, batch {m['fps_batch']}, "
+          f"{m.get('fps_form', 'as given')})")
+    print(f"  per-class IoU: {format_iou(m['iou'])}")
+
+
 def _retrain(args) -> int:
     from .pipeline import TrainConfig
-    from .workflow import format_iou, run_retrain
+    from .workflow import run_retrain
 
     train = TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
     m = run_retrain(args.out, _data(args), _model(args), train, connectivity=args.connectivity,
                     decoder=args.decoder, fps_size=args.fps_size, fps_batch=args.fps_batch,
                     overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
-    print(f"[retrain] {m['method']}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params_text']}, "
-          f"{m['fps']:.1f} FPS ({m['fps_device']}, {m['fps_input'][0]}px, batch {m['fps_batch']})")
-    print(f"  per-class IoU: {format_iou(m['iou'])}")
+    _print_metrics(f"[retrain] {m['method']}", m)
     return 0
 
 
 def _evaluate(args) -> int:
-    from .workflow import format_iou, run_evaluate
+    from .workflow import run_evaluate
 
     m = run_evaluate(args.run, fps_size=args.fps_size, fps_batch=args.fps_batch, device=args.device,
                      overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"[evaluate] {args.run}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params_text']}, "
-          f"{m['fps']:.1f} FPS ({m['fps_device']}, {args.fps_size}px, batch {args.fps_batch})")
-    print(f"  per-class IoU: {format_iou(m['iou'])}")
+    _print_metrics(f"[evaluate] {args.run}", m)
     return 0
 
 

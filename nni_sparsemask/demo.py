@@ -63,7 +63,7 @@ class DemoConfig:
 def fps_side_by_side(runs: dict[str, Path], size: int, rounds: int = 3, seconds: float = 1.0) -> dict[str, float]:
     """FPS of the trained networks of ``runs`` measured together: ``rounds`` round-robin passes over the networks
     (so that a busy phase of the machine hits every network alike), the best pass of each kept (the least
-    disturbed one). CPU, batch 1, ``size`` x ``size``."""
+    disturbed one). CPU, batch 1, ``size`` x ``size``, deployment form (BN folded, channels_last)."""
     from .metrics import measure_fps
     from .workflow import load_run_network
 
@@ -72,7 +72,7 @@ def fps_side_by_side(runs: dict[str, Path], size: int, rounds: int = 3, seconds:
     for _ in range(rounds):
         for name, net in nets.items():
             best[name] = max(best[name], measure_fps(net, input_size=(size, size), device="cpu",
-                                                     min_run_time=seconds).fps)
+                                                     min_run_time=seconds, inference=True).fps)
     return best
 
 
@@ -139,7 +139,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     table = demo_table(rows)
     threads = torch.get_num_threads()
     note = (f"FPS: {results['fdn']['fps_device']}, {cfg.fps_size}x{cfg.fps_size}, batch 1, {threads} threads, "
-            f"measured side by side (best of 3 round-robin passes). "
+            f"{results['fdn'].get('fps_form', 'as given')}, measured side by side (best of 3 round-robin passes). "
             f"Search {cfg.search_epochs} epochs, every network retrained {cfg.retrain_epochs} epochs on "
             f"{cfg.train_scenes} DigitScenes {cfg.image_size}px scenes; mIoU on {cfg.val_scenes} val scenes.")
     log("\n" + table + "\n" + note)

@@ -416,6 +416,9 @@ def format_params(count: ParamCount, digits: int = 2) -> str:
     return f"{count.encoder / 1e6:.{digits}f}+{count.decoder / 1e6:.{digits}f}M"
 
 
+INFERENCE_FORM = "BN folded, channels_last"
+
+
 @dataclass(frozen=True)
 class FPSResult:
     """Inference speed measured by :func:`measure_fps`: ``fps = batch_size / mean_seconds``."""
@@ -428,12 +431,13 @@ class FPSResult:
     input_size: tuple[int, int]
     num_threads: int
     num_runs: int
+    form: str = "as given"
 
     def __str__(self) -> str:
         h, w = self.input_size
         return (f"{self.fps:.2f} FPS ({self.mean_seconds * 1e3:.2f} ms mean, {self.median_seconds * 1e3:.2f} ms "
                 f"median per batch of {self.batch_size} at {h}x{w}, {self.num_runs} runs) on {self.device}, "
-                f"{self.num_threads} threads")
+                f"{self.num_threads} threads, {self.form}")
 
 
 def _device_name(device: torch.device) -> str:
@@ -445,7 +449,7 @@ def _device_name(device: torch.device) -> str:
 
 def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512, 512), batch_size: int = 1,
                 device: Union[str, torch.device, None] = None, warmup: int = 5, min_run_time: float = 2.0,
-                num_threads: Optional[int] = None, in_channels: int = 3) -> FPSResult:
+                num_threads: Optional[int] = None, in_channels: int = 3, inference: bool = False) -> FPSResult:
     """Frames per second of ``model`` on random input ``(batch_size, in_channels, H, W)``.
 
     Runs in eval mode under ``torch.no_grad()`` (the model's training flag is restored afterwards), does
@@ -454,6 +458,9 @@ def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512
     ``fps = batch_size / mean seconds per forward``. ``device=None`` uses the device of the model's
     parameters; otherwise the model is **moved** to ``device``. ``num_threads`` defaults to
     ``torch.get_num_threads()`` (the Timer would otherwise use 1 thread).
+
+    ``inference=True`` times the deployment form instead (:func:`nni_sparsemask.deploy.inference_form`: a copy
+    with BN folded and ``channels_last`` weights, fed ``channels_last`` input); ``model`` is left as it was.
     """
     from torch.utils import benchmark
 
@@ -473,6 +480,13 @@ def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512
     model = model.to(device)
     threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
     x = torch.randn(batch_size, in_channels, h, w, device=device)
+    form = "as given"
+    if inference:
+        from .deploy import inference_form
+
+        model = inference_form(model)
+        x = x.contiguous(memory_format=torch.channels_last)
+        form = INFERENCE_FORM
     was_training = model.training
     model.eval()
 
@@ -493,4 +507,4 @@ def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512
     mean = float(m.mean)
     return FPSResult(fps=batch_size / mean, mean_seconds=mean, median_seconds=float(m.median),
                      device=_device_name(device), batch_size=batch_size, input_size=(h, w),
-                     num_threads=threads, num_runs=int(sum(m.number_per_run for _ in m.raw_times)))
+                     num_threads=threads, num_runs=int(sum(m.number_per_run for _ in m.raw_times)), form=form)

@@ -297,7 +297,8 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, f
                      device: Optional[str] = None, fps_seconds: float = 2.0, progress: bool = True
                      ) -> dict[str, Any]:
     """mIoU, pixel accuracy, per-class IoU and foreground IoU on the val split; params (encoder + decoder) and
-    FPS at ``fps_size`` x ``fps_size`` (batch ``fps_batch``) on ``device``."""
+    FPS at ``fps_size`` x ``fps_size`` (batch ``fps_batch``) on ``device``, of the deployment form (BN folded,
+    channels_last: ``deploy.inference_form``)."""
     from tqdm.auto import tqdm
 
     from .metrics import SegmentationMetrics, count_parameters, format_params, measure_fps
@@ -314,11 +315,12 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, f
     per_class = scores.as_dict(class_names(data))["iou"]
     params = count_parameters(net)
     fps = measure_fps(net, input_size=(fps_size, fps_size), batch_size=fps_batch, device=device,
-                      min_run_time=fps_seconds)
+                      min_run_time=fps_seconds, inference=True)
     return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "fg_iou": extra["fg_iou"],
             "iou": per_class, "params_encoder": params.encoder, "params_decoder": params.decoder,
             "params_text": format_params(params), "fps": fps.fps, "fps_device": fps.device,
-            "fps_input": [fps_size, fps_size], "fps_batch": fps_batch, "fps_threads": torch.get_num_threads()}
+            "fps_input": [fps_size, fps_size], "fps_batch": fps_batch, "fps_threads": torch.get_num_threads(),
+            "fps_form": fps.form}
 
 
 def save_weights(net: nn.Module, path: Union[str, Path]) -> None:

@@ -95,6 +95,7 @@ def test_evaluate_network_reports_per_class_iou_params_and_fps():
     assert list(m["iou"]) == ["background"] + [f"digit {d}" for d in range(10)]
     assert 0 <= m["miou"] <= 1 and m["params_encoder"] > 0 and m["params_decoder"] > 0 and m["fps"] > 0
     assert m["fps_input"] == [32, 32] and m["fps_device"].startswith("cpu")
+    assert m["fps_form"] == "BN folded, channels_last"  # the deployment form is what is timed
 
 
 # ------------------------------------------------------------------------------------------------ search / prune
