@@ -157,7 +157,7 @@ def _demo(args) -> int:
 
     cfg = DemoConfig(search_epochs=args.search_epochs, retrain_epochs=args.retrain_epochs,
                      train_scenes=args.train_scenes, image_size=args.image_size, lambda_sparse=args.lambda_sparse,
-                     threshold=args.threshold, seed=args.seed, baselines=tuple(args.baselines),
+                     arc_learning_rate=args.arc_lr, decoder_channels=args.decoder_channels, threshold=args.threshold, seed=args.seed, baselines=tuple(args.baselines),
                      pretrain_scenes=args.pretrain_scenes, pretrain_epochs=args.pretrain_epochs,
                      fps_size=args.fps_size)
     run_demo(args.out, cfg, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
@@ -230,20 +230,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate)
 
+    import dataclasses
+    from types import SimpleNamespace
+
+    from .demo import DemoConfig
+
+    d = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(DemoConfig)})  # no validation: no torch
     p = sub.add_parser("demo", help="pretrain -> search -> prune -> retrain -> evaluate on DigitScenes, vs dense FDN")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--search-epochs", type=int, default=10)
-    p.add_argument("--retrain-epochs", type=int, default=12)
-    p.add_argument("--train-scenes", type=int, default=4000)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--lambda-sparse", type=float, default=0.01)
-    p.add_argument("--threshold", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--baselines", nargs="*", default=["fcn"], help="hand-designed decoders retrained beside "
-                   "the dense FDN (default: fcn)")
-    p.add_argument("--pretrain-scenes", type=int, default=6000, help="backbone pre-training scenes (cached)")
-    p.add_argument("--pretrain-epochs", type=int, default=12, help="backbone pre-training epochs (cached)")
-    p.add_argument("--fps-size", type=int, default=256, help="FPS input side (default 256)")
+    p.add_argument("--search-epochs", type=int, default=d.search_epochs)
+    p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs)
+    p.add_argument("--train-scenes", type=int, default=d.train_scenes)
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--lambda-sparse", type=float, default=d.lambda_sparse)
+    p.add_argument("--arc-lr", type=float, default=d.arc_learning_rate,
+                   help=f"learning rate of the architecture weights w (default {d.arc_learning_rate})")
+    p.add_argument("--decoder-channels", type=int, default=d.decoder_channels,
+                   help=f"C_dec of every network (default {d.decoder_channels})")
+    p.add_argument("--threshold", type=float, default=d.threshold)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--baselines", nargs="*", default=list(d.baselines), help="hand-designed decoders retrained "
+                   f"beside the dense FDN (default: {' '.join(d.baselines)})")
+    p.add_argument("--pretrain-scenes", type=int, default=d.pretrain_scenes,
+                   help="backbone pre-training scenes (cached)")
+    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs,
+                   help="backbone pre-training epochs (cached)")
+    p.add_argument("--fps-size", type=int, default=d.fps_size, help=f"FPS input side (default {d.fps_size})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
     p.add_argument("--no-progress", action="store_true")

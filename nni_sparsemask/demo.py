@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .pipeline import DataConfig, ModelConfig, TrainConfig, resolve_backbone_weights
 from .rundir import RunDir
-from .workflow import format_iou, run_retrain, run_search
 
 __all__ = ["DemoConfig", "run_demo", "demo_table"]
 
@@ -39,6 +37,7 @@ class DemoConfig:
     learning_rate: float = 0.02
     arc_learning_rate: float = 0.02
     lambda_sparse: float = 0.01
+    decoder_channels: int = 32
     threshold: float = 1e-3
     seed: int = 0
     pretrain_scenes: int = 6000
@@ -49,7 +48,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))
         for name in ("search_epochs", "retrain_epochs", "train_scenes", "val_scenes", "image_size", "fps_size",
-                     "pretrain_scenes", "pretrain_epochs"):
+                     "pretrain_scenes", "pretrain_epochs", "decoder_channels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"demo {name.replace('_', '-')} must be an integer >= 1, got {value!r}")
@@ -92,11 +91,14 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     """Run the demo into ``out``; returns ``{"rows": [...], "seconds": {...}}`` (also in ``out/demo.json``)."""
     import torch
 
+    from .pipeline import DataConfig, ModelConfig, TrainConfig, resolve_backbone_weights
+    from .workflow import format_iou, run_retrain, run_search
+
     cfg = cfg or DemoConfig()
     run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume)
     data = DataConfig(image_size=cfg.image_size, train_scenes=cfg.train_scenes, val_scenes=cfg.val_scenes,
                       seed=cfg.seed)
-    model = ModelConfig()
+    model = ModelConfig(decoder_channels=cfg.decoder_channels)
     train = TrainConfig(epochs=cfg.retrain_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed)
     seconds: dict[str, float] = {}
     t_all = time.time()
