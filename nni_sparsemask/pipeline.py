@@ -206,6 +206,18 @@ def check_connectivity(conn: Connectivity, model: ModelConfig, num_classes: int,
                          "search again on this data set")
 
 
+def seed_all(seed: int) -> None:
+    """Seed python's ``random``, numpy and torch: call it before a network is built, so that its initial weights
+    (and anything drawn before training starts seeding by itself) are the same on every run."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
 def build_network(model: ModelConfig, num_classes: int, *, connectivity: Optional[Connectivity] = None,
                   decoder: Optional[str] = None, weights: Optional[str] = None) -> nn.Module:
     """Encoder (with ``weights``) + the decoder given as a ``connectivity`` or a registered ``decoder`` name."""

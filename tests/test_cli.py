@@ -82,7 +82,7 @@ def test_search_prune_retrain_evaluate_from_the_command_line(tmp_path, capsys):
 def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--search-epochs", "1", "--retrain-epochs", "1", "--train-scenes", "32",
-            "--image-size", "32", "--fps-size", "32", "--no-progress"]
+            "--image-size", "32", "--fps-size", "32", "--decoder-channels", "8", "--arc-lr", "0.05", "--no-progress"]
     # a tiny pre-training keeps the test short (the real demo pretrains 6000 scenes x 12 epochs once, cached)
     argv += ["--pretrain-scenes", "64", "--pretrain-epochs", "1"]
     assert main(argv) == 0
@@ -92,6 +92,10 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
         assert (out / sub / "config.json").is_file()
     assert (out / "w_heatmap.png").is_file() and (out / "table.md").is_file()
     assert "per-class IoU" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["decoder_channels"] == 8 and cfg["arc_learning_rate"] == 0.05
+    assert json.loads((out / "fdn" / "config.json").read_text())["model"]["decoder_channels"] == 8
+    assert "BN folded, channels_last" in summary["note"]  # FPS of the deployment form
     # --resume of a finished demo reuses every step
     assert main(argv + ["--resume"]) == 0
     assert json.loads((out / "demo.json").read_text())["rows"][0]["miou"] == summary["rows"][0]["miou"]
