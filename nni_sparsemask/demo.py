@@ -35,7 +35,7 @@ class DemoConfig:
     val_scenes: int = 500
     image_size: int = 64
     learning_rate: float = 0.02
-    arc_learning_rate: float = 0.02
+    arc_learning_rate: float = 0.1
     lambda_sparse: float = 0.01
     decoder_channels: int = 32
     threshold: float = 1e-3
