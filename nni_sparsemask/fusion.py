@@ -63,6 +63,9 @@ def fuse(tensors: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
     """Sum edge outputs of possibly different resolutions at ``size``, upsampling once per source resolution.
 
     ``sum_t up(x_t) = sum_r up(sum_{t at resolution r} x_t)`` because bilinear upsampling is linear.
+    The running sum is accumulated in place once it is a tensor made here (an upsampling or a sum), never in a
+    tensor passed in: one full-resolution allocation per source resolution instead of two. Safe for autograd,
+    since neither upsampling nor addition keeps its output for the backward pass.
     """
     if len(tensors) == 0:
         raise ValueError("a decoder stage needs at least one input")
@@ -70,10 +73,20 @@ def fuse(tensors: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
     for x in tensors:
         key = (int(x.shape[-2]), int(x.shape[-1]))
         groups[key] = groups[key] + x if key in groups else x
-    out = None
-    for part in groups.values():
-        part = resize_to(part, size)
-        out = part if out is None else out + part
+    # start from an upsampled group (a new tensor) so that the sum can grow in place from the first step; a group
+    # already at ``size`` (passed through) or the broadcast G (an expanded view) is never written to
+    target = (int(size[0]), int(size[1]))
+    keys = list(groups)
+    first = next((k for k in keys if k != target and k != (1, 1)), keys[0])
+    out, owned = resize_to(groups[first], size), first != target and first != (1, 1)
+    for key in keys:
+        if key == first:
+            continue
+        part = resize_to(groups[key], size)
+        if owned:
+            out.add_(part)
+        else:
+            out, owned = out + part, True
     return out
 
 

@@ -86,3 +86,21 @@ def test_pruned_edges_have_bias_and_no_bn():
     edge = EdgeConv(4, 3, bn=False)
     assert edge.bn is None and edge.conv.bias is not None
     assert sum(p.numel() for p in edge.parameters()) == 4 * 3 + 3
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3, 4), (4, 3, 2, 1, 0), (2, 0, 4, 1, 3)])
+def test_in_place_accumulation_leaves_inputs_alone_and_keeps_gradients(order):
+    """fuse sums in place into tensors it made; the output and the gradients equal the plain out-of-place sum."""
+    torch.manual_seed(0)
+    shapes = [(2, 3, 16, 16), (2, 3, 8, 8), (2, 3, 8, 8), (2, 3, 1, 1), (2, 3, 4, 4)]
+    xs = [torch.randn(*shapes[i], requires_grad=True) for i in order]
+    inputs = [x * 1.0 for x in xs]  # non-leaf tensors, as edge outputs are
+    before = [t.detach().clone() for t in inputs]
+    out = fuse(inputs, (16, 16))
+    ref = sum(resize_to(x, (16, 16)) for x in xs)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert all(torch.equal(t, b) for t, b in zip(inputs, before))
+    r = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * r).sum(), xs)
+    grads_ref = torch.autograd.grad((ref * r).sum(), xs)
+    assert all(torch.allclose(g, h, atol=1e-5) for g, h in zip(grads, grads_ref))
