@@ -157,7 +157,8 @@ def _demo(args) -> int:
 
     cfg = DemoConfig(search_epochs=args.search_epochs, retrain_epochs=args.retrain_epochs,
                      train_scenes=args.train_scenes, image_size=args.image_size, lambda_sparse=args.lambda_sparse,
-                     arc_learning_rate=args.arc_lr, decoder_channels=args.decoder_channels, threshold=args.threshold, seed=args.seed, baselines=tuple(args.baselines),
+                     arc_learning_rate=args.arc_lr, decoder_channels=args.decoder_channels, threshold=args.threshold,
+                     seed=args.seed, baselines=tuple(args.baselines),
                      pretrain_scenes=args.pretrain_scenes, pretrain_epochs=args.pretrain_epochs,
                      fps_size=args.fps_size)
     run_demo(args.out, cfg, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)

@@ -1,6 +1,6 @@
 """The deployment (inference) form of a trained network: BatchNorm folded into the convolution before it, and the
 weights in ``channels_last`` memory format. This is the form FPS is measured in (``metrics.measure_fps`` with
-``inference_form=True``, the default of ``evaluate_network`` and the demo).
+``inference=True``, as ``evaluate_network`` and the demo call it).
 
 Why it matters here (measured on the 2-core CPU of the development machine, torch 2.14 / oneDNN 3.12, batch 1):
 
@@ -24,9 +24,17 @@ import copy
 import torch
 from torch import nn
 
-from .fusion import EdgeConv
+__all__ = ["fold_bn", "fold_conv_bn", "fold_batchnorm", "inference_form"]
 
-__all__ = ["fold_conv_bn", "fold_batchnorm", "inference_form"]
+
+def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of ``bn(conv(x))`` (eval-mode ``bn``) for a convolution with ``weight`` and ``bias``:
+    ``W' = W * s``, ``b' = (b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)``. Differentiable."""
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return weight * scale.reshape(-1, *[1] * (weight.dim() - 1)), (bias - bn.running_mean) * scale + beta
 
 
 @torch.no_grad()
@@ -37,15 +45,12 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
                          f"{type(bn).__name__}")
     if bn.num_features != conv.out_channels or bn.running_mean is None:
         raise ValueError(f"cannot fold {bn} (needs running statistics and {conv.out_channels} features) into {conv}")
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    weight, bias = fold_bn(conv.weight, conv.bias, bn)
     folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
                        device=conv.weight.device, dtype=conv.weight.dtype)
-    folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    folded.bias.copy_((bias - bn.running_mean) * scale + beta)
+    folded.weight.copy_(weight)
+    folded.bias.copy_(bias)
     return folded
 
 
@@ -58,6 +63,8 @@ def fold_batchnorm(module: nn.Module) -> int:
         raise ValueError("fold_batchnorm needs an eval-mode module (call .eval() first): folding uses the running "
                          "statistics")
     from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    from .fusion import EdgeConv
 
     folded = 0
     for parent in list(module.modules()):

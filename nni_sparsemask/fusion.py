@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .deploy import fold_bn
+
 __all__ = ["EdgeConv", "FusionStage", "fuse", "resize_to", "naive_stage_forward"]
 
 
@@ -77,8 +79,9 @@ def fuse(tensors: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
     # already at ``size`` (passed through) or the broadcast G (an expanded view) is never written to
     target = (int(size[0]), int(size[1]))
     keys = list(groups)
-    first = next((k for k in keys if k != target and k != (1, 1)), keys[0])
-    out, owned = resize_to(groups[first], size), first != target and first != (1, 1)
+    upsampled = [k for k in keys if k not in (target, (1, 1))]
+    first = upsampled[0] if upsampled else keys[0]
+    out, owned = resize_to(groups[first], size), bool(upsampled)
     for key in keys:
         if key == first:
             continue
@@ -104,14 +107,11 @@ class FusionStage(nn.Module):
 
 
 def _folded_affine(edge: EdgeConv, weight: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 1x1 kernel and bias of ``w * bn(conv(.))`` with BN in eval form: ``scale = gamma / sqrt(var + eps)``."""
+    """The 1x1 kernel and bias of ``w * bn(conv(.))`` with BN in eval form (:func:`deploy.fold_bn`)."""
     kernel = edge.conv.weight[:, :, 0, 0]
     bias = edge.conv.bias if edge.conv.bias is not None else torch.zeros_like(kernel[:, 0])
     if edge.bn is not None:
-        bn = edge.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        kernel = kernel * scale[:, None]
-        bias = (bias - bn.running_mean) * scale + bn.bias
+        kernel, bias = fold_bn(kernel, bias, edge.bn)
     return kernel * weight, bias * weight
 
 

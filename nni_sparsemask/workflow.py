@@ -204,7 +204,8 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                               progress=progress)
     metrics = {"method": method, "params": params, "seed": train.seed, **scores,
                "edges": layout.num_edges if layout is not None else None,
-               "stages": len(layout.stages()) if layout is not None else None, "train_seconds": seconds, "epochs": train.epochs, **extra}
+               "stages": len(layout.stages()) if layout is not None else None, "train_seconds": seconds,
+               "epochs": train.epochs, **extra}
     run.write_json("metrics.json", metrics)
     return metrics
 
