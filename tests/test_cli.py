@@ -96,6 +96,10 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     assert cfg["decoder_channels"] == 8 and cfg["arc_learning_rate"] == 0.05
     assert json.loads((out / "fdn" / "config.json").read_text())["model"]["decoder_channels"] == 8
     assert "BN folded, channels_last" in summary["note"]  # FPS of the deployment form
+    assert len(summary["fps_passes"]) == 5 and summary["fps_passes"][0].keys() == {"sparsemask", "fdn", "fcn"}
+    for r in summary["rows"]:
+        lo, hi = r["fps_ratio_range"]
+        assert lo <= r["fps_ratio"] <= hi
     # --resume of a finished demo reuses every step
     assert main(argv + ["--resume"]) == 0
     assert json.loads((out / "demo.json").read_text())["rows"][0]["miou"] == summary["rows"][0]["miou"]
