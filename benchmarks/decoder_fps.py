@@ -8,8 +8,11 @@ Every network is timed in two forms:
 * ``deploy``: ``nni_sparsemask.deploy.inference_form`` (BN folded into the convolutions, channels_last weights
   and input), the form ``evaluate_network`` and the demo time.
 
-The networks are interleaved round-robin ``--rounds`` times and the best pass of each is kept (the least disturbed
-one on a shared machine). Printed: ms per forward, FPS, and FPS / dense FDN within each form, all from this run.
+The networks are interleaved round-robin ``--rounds`` times. Printed, all from this run: ms per forward and FPS of
+each network's best pass (the least disturbed one on a shared machine), and FPS / dense FDN as the median and range
+of the ratio within each pass (paired, so that a slow phase of the machine cancels out). Then, for the deployment
+form, what no machine changes (``nni_sparsemask.cost``): operator calls, FLOPs and bytes written per forward,
+which bound the FPS ratio in the launch-bound (GPU at batch 1), compute-bound and memory-bound regimes.
 
     python benchmarks/decoder_fps.py runs/search/connectivity.json --size 256
     python benchmarks/decoder_fps.py a/connectivity.json b/connectivity.json --decoder-channels 64 --device cuda
@@ -17,6 +20,7 @@ one on a shared machine). Printed: ms per forward, FPS, and FPS / dense FDN with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,6 +57,8 @@ def build_networks(paths: list[str], decoder_channels: int, num_classes: int) ->
 
 
 def main(argv=None) -> dict:
+    from nni_sparsemask.cost import inference_cost
+    from nni_sparsemask.demo import ratio_over_passes
     from nni_sparsemask.metrics import measure_fps
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,27 +75,45 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     nets = build_networks(args.connectivity, args.decoder_channels, args.num_classes)
     forms = {"as built": False, "deploy": True}
-    best = {(n, f): None for n in nets for f in forms}
+    passes = {form: [] for form in forms}
+    best = {}
     for _ in range(args.rounds):
+        this = {form: {} for form in forms}
         for name, net in nets.items():
             for form, inference in forms.items():
                 r = measure_fps(net, input_size=args.size, device=args.device, min_run_time=args.seconds,
                                 inference=inference)
-                if best[(name, form)] is None or r.fps > best[(name, form)].fps:
+                this[form][name] = r.fps
+                if (name, form) not in best or r.fps > best[(name, form)].fps:
                     best[(name, form)] = r
+        for form in forms:
+            passes[form].append(this[form])
     any_r = next(iter(best.values()))
     print(f"{any_r.device}, {args.size}x{args.size}, batch 1, {any_r.num_threads} threads, C_dec "
-          f"{args.decoder_channels}; best of {args.rounds} round-robin passes")
-    print(f"| network | form | ms | FPS | FPS / dense FDN |\n| --- | --- | ---: | ---: | ---: |")
+          f"{args.decoder_channels}; {args.rounds} round-robin passes: ms and FPS of the best pass, FPS / dense FDN "
+          f"the median (range) of the ratio within each pass")
+    print("| network | form | ms | FPS | FPS / dense FDN |\n| --- | --- | ---: | ---: | ---: |")
     rows = []
     for form in forms:
-        dense = best[("fdn", form)].fps
         for name in nets:
             r = best[(name, form)]
-            rows.append({"network": name, "form": form, "ms": 1e3 / r.fps, "fps": r.fps, "ratio": r.fps / dense})
-            print(f"| {name} | {form} | {1e3 / r.fps:.2f} | {r.fps:.1f} | {r.fps / dense:.2f}x |")
+            ratio, lo, hi = ratio_over_passes(passes[form], name, "fdn")
+            rows.append({"network": name, "form": form, "ms": 1e3 / r.fps, "fps": r.fps, "ratio": ratio,
+                         "ratio_range": [lo, hi]})
+            print(f"| {name} | {form} | {1e3 / r.fps:.2f} | {r.fps:.1f} | {ratio:.2f}x ({lo:.2f}-{hi:.2f}) |")
+    costs = {name: inference_cost(net, args.size, inference=True) for name, net in nets.items()}
+    print("\nDeployment form, counted (not timed): operator calls, FLOPs, bytes written per forward, and how many "
+          "times the dense FDN's count each is")
+    print("| network | ops | GFLOP | MB written | dense / ops | dense / FLOP | dense / bytes |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    cost_rows = []
+    for name, cost in costs.items():
+        q = cost.ratio(costs["fdn"])
+        cost_rows.append({"network": name, **dataclasses.asdict(cost), "dense_over": q})
+        print(f"| {name} | {cost.ops} | {cost.flops / 1e9:.3f} | {cost.bytes_written / 2**20:.1f} | "
+              f"{q['ops']:.2f}x | {q['flops']:.2f}x | {q['bytes_written']:.2f}x |")
     result = {"device": any_r.device, "size": args.size, "threads": any_r.num_threads,
-              "decoder_channels": args.decoder_channels, "rows": rows}
+              "decoder_channels": args.decoder_channels, "rows": rows, "passes": passes, "costs": cost_rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result

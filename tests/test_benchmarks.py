@@ -29,6 +29,9 @@ def test_decoder_fps_times_both_forms_against_the_dense_fdn(tmp_path):
     for form in ("as built", "deploy"):
         assert rows[("fdn", form)]["ratio"] == pytest.approx(1.0)
     assert all(r["fps"] > 0 and r["ms"] == pytest.approx(1e3 / r["fps"]) for r in rows.values())
+    assert all(r["ratio_range"][0] <= r["ratio"] <= r["ratio_range"][1] for r in rows.values())
+    costs = {c["network"]: c for c in result["costs"]}
+    assert costs["fdn"]["dense_over"]["ops"] == 1.0 and costs["fcn"]["ops"] < costs["fdn"]["ops"]
     assert (tmp_path / "r.json").is_file()
 
 
