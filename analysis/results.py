@@ -172,15 +172,19 @@ def _free_port() -> int:
 
 
 def _view_experiment(experiment_id: str) -> Any:
-    """Start NNI's manager in view mode on a free port for a stopped experiment (the caller stops it)."""
+    """Start NNI's manager in view mode on a free port for a stopped experiment (the caller stops it). Like
+    ``sparsemask compare``, the manager gets the ``loopback.js`` preload: it listens on 127.0.0.1 only."""
     from nni.experiment import Experiment  # imported here: NNI is slow to import
+
+    from nni_sparsemask.manager import loopback_environment, temporary_environ
 
     exp = Experiment(None, id=experiment_id)
     if not exp.has_checkpoint():
         raise FileNotFoundError(
             f"{experiment_id!r} is neither a directory nor an NNI experiment id known here (see `nnictl experiment "
             f"list --all`)")
-    return exp.view(port=_free_port(), non_blocking=True)
+    with temporary_environ(**loopback_environment()):
+        return exp.view(port=_free_port(), non_blocking=True)
 
 
 def _final_result(value: Any) -> Any:
@@ -195,7 +199,10 @@ def _final_result(value: Any) -> Any:
 
 
 def _rows_from_trials(trials: Iterable[Any], skipped: list[SkippedRun], label: str) -> list[dict[str, Any]]:
+    """One row per trial; a trial that reports the run directory of an earlier one (NNI re-ran the entry after a
+    resume and the trial reused the finished run) is skipped, so that no run is counted twice."""
     rows = []
+    first_trial_of: dict[str, str] = {}
     for trial in trials:
         trial_id = str(getattr(trial, "trialJobId", None) or getattr(trial, "trial_job_id", "?"))
         where = f"{label} trial {trial_id}"
@@ -211,6 +218,11 @@ def _rows_from_trials(trials: Iterable[Any], skipped: list[SkippedRun], label: s
             if not isinstance(value, Mapping) or "default" not in value:
                 raise ValueError(f"{where}: final result has no 'default' (mIoU): {value!r}")
             run_dir = value.get("run_dir")
+            if run_dir:
+                key = str(Path(run_dir).resolve())
+                if key in first_trial_of:
+                    raise ValueError(f"{where}: the same run as trial {first_trial_of[key]} ({run_dir}); counted once")
+                first_trial_of[key] = trial_id
             if run_dir and (Path(run_dir) / METRICS).is_file():
                 row = read_run(run_dir)
             else:

@@ -5,10 +5,8 @@
    valid hyper-parameters, see :mod:`.trial`) and the trial settings of the ``nni_sparsemask.trial`` command.
 2. Starts the experiment (``--resume ID``: continues a stopped one; GridSearch skips the finished entries and
    every trial reuses a finished run directory). On the ``local`` training service NNI's manager is kept on
-   127.0.0.1: its REST API and web UI have no authentication, and its ``app.listen(port)`` would bind every
-   interface, so the manager's Node process gets the preload ``loopback.js`` (``node --require`` through
-   ``NODE_OPTIONS``), and after the start its listening sockets are checked (anything off loopback: stopped).
-   Cluster training services need the manager reachable from the workers: only with ``--expose``.
+   127.0.0.1 (:mod:`.manager`: its REST API and web UI have no authentication). Cluster training services need
+   the manager reachable from the workers: only with ``--expose``.
 3. Prints the web UI address, follows the trials until the grid is done, writes the report (``write_report``:
    Table 1, Fig. 4, Fig. 5) into ``--results`` (default ``reports/<experiment id>``) and stops the manager by
    its own process id. Ctrl-C (or SIGTERM) stops it too; ``--resume ID`` carries on later.
@@ -20,24 +18,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
-import logging
-import os
 import shlex
 import signal
 import socket
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-__all__ = ["ComparisonPlan", "LOOPBACK_JS", "load_config", "plan_comparison", "loopback_environment",
-           "listening_addresses", "start_experiment", "stop_experiment", "run_compare", "register_cli", "main"]
+from .manager import manifest_entry, nni_error_line, start_experiment, stop_experiment
 
-LOOPBACK_JS = Path(__file__).with_name("loopback.js")
+__all__ = ["ComparisonPlan", "load_config", "plan_comparison", "run_compare", "register_cli", "main"]
+
 TRIAL_MODULE = "nni_sparsemask.trial"
 FINISHED_STATUSES = ("DONE", "STOPPED", "ERROR")
 #: GridSearch ends with "no more trial" (NNI sets DONE only at maxTrialNumber): done once no trial is active
@@ -47,15 +41,6 @@ Log = Callable[[str], None]
 
 
 # ------------------------------------------------------------------------------------------------ config
-def _reason(err: BaseException) -> str:
-    """One line for an error raised inside NNI's config classes (their bare ``assert``s have no message)."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if not text:
-        frames = traceback.extract_tb(err.__traceback__)
-        text = frames[-1].line if frames and frames[-1].line else type(err).__name__
-    return f"{text}" if isinstance(err, (ValueError, TypeError)) else f"{type(err).__name__}: {text}"
-
-
 def load_config(path: str | Path) -> Any:
     """The experiment config in ``path`` as NNI's ``ExperimentConfig``, validated by NNI (``canonical_copy``).
 
@@ -74,7 +59,7 @@ def load_config(path: str | Path) -> Any:
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     except Exception as err:  # NNI raises TypeError / ValueError / AttributeError / AssertionError for bad fields
-        raise ValueError(f"{path} is not a valid NNI experiment config: {_reason(err)}") from None
+        raise ValueError(f"{path} is not a valid NNI experiment config: {nni_error_line(err)}") from None
     finally:
         # ExperimentConfig.load leaves its base path set when the config fails to load, and every later load
         # then fails on an assert; it has been captured by the config objects by now
@@ -91,7 +76,7 @@ def validate_config(config: Any, where: str) -> Any:
     try:
         return config.canonical_copy()
     except Exception as err:
-        raise ValueError(f"{where}: invalid NNI experiment config: {_reason(err)}") from None
+        raise ValueError(f"{where}: invalid NNI experiment config: {nni_error_line(err)}") from None
 
 
 @dataclass
@@ -153,7 +138,8 @@ def _trial_args(command: str) -> Optional[list[str]]:
 
 def plan_comparison(config: Any, where: str = "config") -> ComparisonPlan:
     """Check ``config`` as a comparison: the grid, the trial settings, the data set root (local runs)."""
-    from .trial import build_parser, check_search_space, settings_from_args
+    from .grid import check_search_space
+    from .trial import build_parser, settings_from_args
 
     canonical = validate_config(config, where)
     ts = canonical.training_service
@@ -194,179 +180,6 @@ def plan_comparison(config: Any, where: str = "config") -> ComparisonPlan:
     return ComparisonPlan(config, platform, entries, settings, results_root, tuple(notes))
 
 
-# ------------------------------------------------------------------------------------------------ the manager
-@contextlib.contextmanager
-def _environ(**changes: Optional[str]) -> Iterator[None]:
-    """Set (or, with None, remove) environment variables for the block: what the manager's process inherits."""
-    old = {k: os.environ.get(k) for k in changes}
-    try:
-        for key, value in changes.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def loopback_environment() -> dict[str, str]:
-    """``NODE_OPTIONS`` that make a Node process (NNI's manager) listen on 127.0.0.1 only (see ``loopback.js``)."""
-    if not LOOPBACK_JS.is_file():
-        raise FileNotFoundError(f"{LOOPBACK_JS} is missing from the installed package: reinstall nni-sparsemask "
-                                "(it keeps NNI's manager on 127.0.0.1)")
-    preload = f'--require "{LOOPBACK_JS}"'
-    current = os.environ.get("NODE_OPTIONS", "").strip()
-    return {"NODE_OPTIONS": f"{current} {preload}".strip()}
-
-
-def listening_addresses(pid: int) -> list[tuple[str, int]]:
-    """``(ip, port)`` of every TCP socket process ``pid`` listens on."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections(kind="inet")
-    return sorted({(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN})
-
-
-def _is_loopback(ip: str) -> bool:
-    if ip == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(ip.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def _manager_ip(config: Any) -> str:
-    """``nniManagerIp`` of ``config`` (root or training service), '' when not set."""
-    ts = config.training_service
-    for source in ([config] + (ts if isinstance(ts, list) else [ts])):
-        value = getattr(source, "nni_manager_ip", None)
-        if isinstance(value, str) and value:
-            return value
-    return ""
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class _HidePortalUrls(logging.Filter):
-    """NNI prints the web UI on every interface's address; on loopback only that would be wrong."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Web portal URLs")
-
-
-def _manifest_entry(experiment_id: str) -> Optional[dict[str, Any]]:
-    from nni.tools.nnictl.config_utils import Experiments
-    from nni.tools.nnictl.nnictl_utils import update_experiment
-
-    update_experiment()  # marks experiments whose manager died as STOPPED
-    entry = Experiments().get_all_experiments().get(experiment_id)
-    return entry if isinstance(entry, dict) else None
-
-
-def _manager_pid(experiment: Any) -> Optional[int]:
-    """The pid of the manager process this very ``experiment`` object launched (its Popen), None when none runs.
-
-    Never a pid read back from NNI's experiment list: that one may have been reused by another process since.
-    """
-    proc = getattr(experiment, "_proc", None)
-    return int(proc.pid) if proc is not None and getattr(proc, "pid", None) else None
-
-
-def start_experiment(plan: ComparisonPlan, port: int = 8080, *, resume: Optional[str] = None, expose: bool = False,
-                     log: Log = print) -> Any:
-    """Start (or ``resume``) the experiment of ``plan`` on ``port``; returns the running ``nni.experiment.Experiment``.
-
-    On ``local`` without ``expose`` the manager listens on 127.0.0.1 only (checked; otherwise it is stopped and a
-    ``RuntimeError`` raised). Other training services need ``expose`` (the workers must reach the manager).
-    """
-    from nni.experiment import Experiment
-
-    if isinstance(port, bool) or not isinstance(port, int) or not 1024 < port < 65535:
-        raise ValueError(f"--port must be an integer in (1024, 65535), got {port!r}")
-    loopback = not expose
-    if plan.platform != "local" and loopback and not _is_loopback(_manager_ip(plan.config)):
-        raise ValueError(f"training service {plan.platform!r}: the workers must reach NNI's manager, which then "
-                         f"listens on every interface of this machine (ports {port} and {port + 1}: REST API and web "
-                         "UI without authentication); pass --expose to accept that, behind a firewall, or give "
-                         "nniManagerIp: 127.0.0.1 with SSH reverse tunnels from the workers (experiments/README.md)")
-    ports = [port] if plan.platform == "local" else [port, port + 1]
-    for p in ports:
-        if _port_in_use(p):
-            raise ValueError(f"port {p} is in use (another NNI manager? see `nnictl experiment list`); pass --port")
-    env: dict[str, Optional[str]] = {}
-    if plan.platform == "local":
-        # trials run `python ...`: make it this interpreter (the one with nni_sparsemask installed)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    if loopback:
-        env.update(loopback_environment())
-    else:
-        log(f"[compare] WARNING: --expose: NNI's manager listens on every interface, ports {', '.join(map(str, ports))}"
-            " (REST API and web UI, no authentication): keep them behind a firewall or an SSH tunnel")
-    nni_logger = logging.getLogger("nni.experiment")
-    portal_filter = _HidePortalUrls()
-    if loopback:
-        nni_logger.addFilter(portal_filter)
-    experiment = Experiment(None, id=resume) if resume else Experiment(plan.config)
-    try:
-        with _environ(**env):
-            if resume:
-                experiment.resume(port=port, wait_completion=False)
-            else:
-                experiment.start(port=port)
-    except BaseException as err:  # a failed start, or Ctrl-C during it: no manager is left behind
-        with contextlib.suppress(Exception):
-            stop_experiment(experiment, log=lambda s: None)
-        if isinstance(err, Exception):
-            raise RuntimeError(f"NNI could not start the experiment: {_reason(err)}") from None
-        raise
-    finally:
-        nni_logger.removeFilter(portal_filter)
-    if experiment.port is None:  # Experiment.resume swallows a KeyboardInterrupt during the start
-        stop_experiment(experiment, log=lambda s: None)
-        raise KeyboardInterrupt
-    pid = _manager_pid(experiment)
-    if loopback:
-        exposed = [f"{ip}:{p}" for ip, p in listening_addresses(pid) if not _is_loopback(ip)] if pid else ["?"]
-        if exposed:
-            stop_experiment(experiment, log=log)
-            raise RuntimeError(f"NNI's manager (pid {pid}) listened on {', '.join(exposed)}, not only on 127.0.0.1; "
-                               "it was stopped. Is NODE_OPTIONS honoured by this Node (nni_node/node)?")
-    return experiment
-
-
-def stop_experiment(experiment: Any, log: Log = print) -> None:
-    """Stop the manager of ``experiment`` (NNI's REST stop, then its own process by pid if still alive)."""
-    import psutil
-
-    pid = _manager_pid(experiment)
-    proc = None
-    if pid is not None:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-    with contextlib.suppress(Exception):
-        experiment.stop()  # DELETE /experiment, waits for the process; kills it by pid when that fails
-    if proc is not None and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-        log(f"[compare] NNI manager pid {pid} still running: terminating it")
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except psutil.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
-
-
 # ------------------------------------------------------------------------------------------------ run
 def _statistics(experiment: Any) -> dict[str, int]:
     return {s["trialJobStatus"]: int(s["trialJobNumber"]) for s in experiment.get_job_statistics()}
@@ -384,7 +197,7 @@ def _wait(experiment: Any, total: Optional[int], poll: float, log: Log) -> str:
             failures += 1
             if failures >= 3:
                 logdir = Path(str(experiment.config.experiment_working_directory)).expanduser() / experiment.id / "log"
-                raise RuntimeError(f"NNI's manager stopped answering ({_reason(err)}); see {logdir}") from None
+                raise RuntimeError(f"NNI's manager stopped answering ({nni_error_line(err)}); see {logdir}") from None
             time.sleep(poll)
             continue
         grid = f" of {total}" if total else ""
@@ -470,7 +283,7 @@ def _run_dir_of(value: Any) -> Optional[str]:
 def _resume_plan(experiment_id: str, config_path: Optional[str]) -> ComparisonPlan:
     from nni.experiment import launcher
 
-    entry = _manifest_entry(experiment_id)
+    entry = manifest_entry(experiment_id)
     if entry is None:
         raise ValueError(f"no NNI experiment {experiment_id!r} here (see `nnictl experiment list --all`)")
     if entry.get("status") != "STOPPED":

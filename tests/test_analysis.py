@@ -195,6 +195,17 @@ def test_nni_experiment_object(root):
     assert [s.path for s in results.skipped_runs(df)] == ["experiment fake123 trial t4"]
 
 
+def test_a_trial_rerun_on_a_finished_run_is_counted_once(root):
+    # NNI re-runs an entry after a resume; the trial reuses the finished run directory and reports it again
+    trials = _fake_trials(root)[:2]
+    again = FakeTrial({"method": "sparsemask", "seed": 0},
+                      {"default": 0.7318, "run_dir": str(root / "sm" / "s0")}, "t9")
+    with pytest.warns(UserWarning, match="same run as trial t2"):
+        df = results.load_results(FakeExperiment(trials + [again]))
+    assert list(df["trial_id"]) == ["t1", "t2"]
+    assert [s.path for s in results.skipped_runs(df)] == ["experiment fake123 trial t9"]
+
+
 def test_unknown_name_is_neither_dir_nor_experiment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither a directory nor an NNI experiment"):
@@ -218,6 +229,32 @@ def test_nni_experiment_id_views_and_stops(root, monkeypatch):
     monkeypatch.setattr(results, "_view_experiment", lambda exp_id: seen.append(exp_id) or fake)
     df = results.load_results("abc123XY")
     assert seen == ["abc123XY"] and fake.stopped and len(df) == 2
+
+
+def test_view_mode_manager_gets_the_loopback_preload(monkeypatch):
+    import os
+
+    import nni.experiment
+
+    seen = {}
+
+    class FakeNNIExperiment:
+        def __init__(self, config, id):
+            seen["id"] = id
+
+        def has_checkpoint(self):
+            return True
+
+        def view(self, port, non_blocking):
+            seen["node_options"] = os.environ.get("NODE_OPTIONS", "")
+            return self
+
+    monkeypatch.setattr(nni.experiment, "Experiment", FakeNNIExperiment)
+    monkeypatch.setenv("NODE_OPTIONS", "--max-old-space-size=512")
+    assert isinstance(results._view_experiment("abc123XY"), FakeNNIExperiment)
+    assert seen["id"] == "abc123XY" and "loopback.js" in seen["node_options"]
+    assert seen["node_options"].startswith("--max-old-space-size=512")  # the user's options are kept
+    assert os.environ["NODE_OPTIONS"] == "--max-old-space-size=512"  # and restored after the start
 
 
 # ------------------------------------------------------------------------------------------------ table

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import TRIAL_TINY
 
-from nni_sparsemask import compare
+from nni_sparsemask import compare, manager
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -89,7 +89,7 @@ def test_loopback_preload_moves_wildcard_listens_to_loopback():
       start(server);
     }
     """
-    env = dict(os.environ, NODE_OPTIONS=compare.loopback_environment()["NODE_OPTIONS"])
+    env = dict(os.environ, NODE_OPTIONS=manager.loopback_environment()["NODE_OPTIONS"])
     done = subprocess.run([str(NODE), "-e", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     addresses = json.loads(done.stdout)
@@ -99,8 +99,8 @@ def test_loopback_preload_moves_wildcard_listens_to_loopback():
 
 def test_loopback_environment_keeps_existing_node_options(monkeypatch):
     monkeypatch.setenv("NODE_OPTIONS", "--max-old-space-size=2048")
-    options = compare.loopback_environment()["NODE_OPTIONS"]
-    assert options.startswith("--max-old-space-size=2048 --require ") and str(compare.LOOPBACK_JS) in options
+    options = manager.loopback_environment()["NODE_OPTIONS"]
+    assert options.startswith("--max-old-space-size=2048 --require ") and str(manager.LOOPBACK_JS) in options
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -133,13 +133,13 @@ def test_config_errors_are_clear_and_early(tmp_path):
 def test_nothing_is_launched_for_a_refused_start(tmp_path):
     plan = compare.plan_comparison(compare.load_config(EXPERIMENTS / "kubeflow.yml"), "kubeflow.yml")
     with pytest.raises(ValueError, match="--expose"):
-        compare.start_experiment(plan, free_port())
+        manager.start_experiment(plan, free_port())
     local = compare.plan_comparison(compare.load_config(write_config(tmp_path)))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with pytest.raises(ValueError, match=f"port {busy.getsockname()[1]} is in use"):
-            compare.start_experiment(local, busy.getsockname()[1])
+            manager.start_experiment(local, busy.getsockname()[1])
     report = tmp_path / "report"
     report.mkdir()
     (report / "report.md").write_text("an earlier report")
@@ -169,7 +169,7 @@ def _other_addresses() -> list[tuple[int, str]]:
     out = []
     for addrs in psutil.net_if_addrs().values():
         for a in addrs:
-            if a.family in (socket.AF_INET, socket.AF_INET6) and not compare._is_loopback(a.address) \
+            if a.family in (socket.AF_INET, socket.AF_INET6) and not manager.is_loopback(a.address) \
                     and not a.address.lower().startswith("fe80"):
                 out.append((a.family, a.address))
     return out
@@ -191,20 +191,20 @@ def test_local_manager_answers_on_loopback_only_and_stops_by_pid(tmp_path):
     path = write_config(tmp_path, trial_command="sleep 30")  # the manager is under test here, not the trials
     plan = compare.plan_comparison(compare.load_config(path), str(path))
     port = free_port()
-    experiment = compare.start_experiment(plan, port, log=lambda m: None)
+    experiment = manager.start_experiment(plan, port, log=lambda m: None)
     try:
-        pid = compare._manager_pid(experiment)
+        pid = manager.manager_pid(experiment)
         assert pid is not None and psutil.Process(pid).name().startswith("node")
-        listening = compare.listening_addresses(pid)
+        listening = manager.listening_addresses(pid)
         assert ("127.0.0.1", port) in listening
-        assert all(compare._is_loopback(ip) for ip, _ in listening), listening
+        assert all(manager.is_loopback(ip) for ip, _ in listening), listening
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nni/check-status", timeout=10) as resp:
             assert resp.status == 200 and json.loads(resp.read())["status"] in ("RUNNING", "INITIALIZED")
         others = _other_addresses()
         for family, address in others:
             assert _refused(family, address, port), f"port {port} answers on {address}"
     finally:
-        compare.stop_experiment(experiment, log=lambda m: None)
+        manager.stop_experiment(experiment, log=lambda m: None)
         forget(experiment.id)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert _refused(socket.AF_INET, "127.0.0.1", port)

@@ -9,18 +9,7 @@ from nni_sparsemask.fusion import EdgeConv
 from nni_sparsemask.metrics import INFERENCE_FORM, measure_fps
 from nni_sparsemask.space import FDNSpace
 
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics and affine parameters, so that a wrong fold cannot pass."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.randn(m.num_features, generator=g))
-                m.bias.copy_(torch.randn(m.num_features, generator=g))
-    return model.eval()
+from helpers import randomise_bn
 
 
 def _count_bn(model: nn.Module) -> int:
@@ -30,7 +19,7 @@ def _count_bn(model: nn.Module) -> int:
 def test_fold_conv_bn_is_exact_with_and_without_conv_bias():
     for bias in (False, True):
         conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=bias)
-        bn = _randomise_bn(nn.Sequential(nn.BatchNorm2d(5)))[0]
+        bn = randomise_bn(nn.Sequential(nn.BatchNorm2d(5)))[0]
         x = torch.randn(2, 3, 9, 11)
         with torch.no_grad():
             assert torch.allclose(fold_conv_bn(conv, bn)(x), bn(conv(x)), atol=1e-5)
@@ -48,7 +37,7 @@ def test_fold_conv_bn_is_exact_with_and_without_conv_bias():
 ])
 def test_every_encoder_bn_is_folded_and_the_features_are_unchanged(name, kwargs):
     torch.manual_seed(0)
-    encoder = _randomise_bn(build_backbone(name, **kwargs))
+    encoder = randomise_bn(build_backbone(name, **kwargs))
     n_bn = _count_bn(encoder)
     assert n_bn > 0
     deployed = inference_form(encoder)
@@ -64,7 +53,7 @@ def test_every_encoder_bn_is_folded_and_the_features_are_unchanged(name, kwargs)
 
 def test_search_form_with_per_edge_bn_folds_to_the_same_logits():
     torch.manual_seed(0)
-    space = _randomise_bn(FDNSpace(backbone="convnet", backbone_kwargs={"widths": [4, 8, 8, 8, 8]}, num_classes=3,
+    space = randomise_bn(FDNSpace(backbone="convnet", backbone_kwargs={"widths": [4, 8, 8, 8, 8]}, num_classes=3,
                                    decoder_channels=8))
     edges = [m for m in space.modules() if isinstance(m, EdgeConv)]
     assert edges and all(e.bn is not None for e in edges)

@@ -5,13 +5,7 @@ import torch.nn.functional as F
 from nni_sparsemask import fusion
 from nni_sparsemask.fusion import EdgeConv, FusionStage, fuse, naive_stage_forward, resize_to
 
-
-def _randomise_bn(edge):
-    bn = edge.bn
-    bn.running_mean.uniform_(-1, 1)
-    bn.running_var.uniform_(0.5, 2)
-    bn.weight.data.uniform_(0.5, 1.5)
-    bn.bias.data.uniform_(-0.5, 0.5)
+from helpers import randomise_bn
 
 
 @pytest.mark.parametrize("bn", [True, False])
@@ -22,9 +16,9 @@ def test_efficient_fusion_equals_upsample_concat_conv(bn):
     shapes = [(6, 13, 17), (5, 7, 9), (7, 7, 9), (3, 4, 5), (9, 1, 1)]  # two sources share 7x9; G is 1x1
     inputs = [torch.randn(2, c, h, w, dtype=torch.float64) * 3 for c, h, w in shapes]
     edges = [EdgeConv(c, 8, bn=bn).double() for c, _, _ in shapes]
-    for e in edges:
+    for i, e in enumerate(edges):
         if bn:
-            _randomise_bn(e)
+            randomise_bn(e, seed=i)
         e.eval()
     weights = torch.rand(len(edges), dtype=torch.float64)
     efficient = fuse([w * e(x) for w, e, x in zip(weights, edges, inputs)], target)
