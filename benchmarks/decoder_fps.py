@@ -69,8 +69,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per network and pass")
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--json", help="also write the results here (an existing file is refused)")
     args = ap.parse_args(argv)
+    if args.json and Path(args.json).exists():
+        raise SystemExit(f"{args.json} exists: pass another --json path (results are never overwritten)")
 
     torch.manual_seed(0)
     nets = build_networks(args.connectivity, args.decoder_channels, args.num_classes)

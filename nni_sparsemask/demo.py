@@ -167,8 +167,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
         m = results[sub]
         rows.append({"name": title, "run": str(run.file(sub)), "edges": m.get("edges"), "miou": m["miou"],
                      "pixel_accuracy": m["pixel_accuracy"], "params": m["params_text"],
-                     "params_decoder": m["params_decoder"], "fps": fps[sub], "fps_ratio": ratios[sub][0], "fps_ratio_range": list(ratios[sub][1:]),
-                     "iou": m["iou"]})
+                     "params_decoder": m["params_decoder"], "fps": fps[sub], "fps_ratio": ratios[sub][0],
+                     "fps_ratio_range": list(ratios[sub][1:]), "iou": m["iou"]})
     seconds["total"] = round(time.time() - t_all, 1)
     table = demo_table(rows)
     threads = torch.get_num_threads()

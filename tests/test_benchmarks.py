@@ -33,6 +33,8 @@ def test_decoder_fps_times_both_forms_against_the_dense_fdn(tmp_path):
     costs = {c["network"]: c for c in result["costs"]}
     assert costs["fdn"]["dense_over"]["ops"] == 1.0 and costs["fcn"]["ops"] < costs["fdn"]["ops"]
     assert (tmp_path / "r.json").is_file()
+    with pytest.raises(SystemExit, match="r.json exists"):  # checked before any timing
+        _load("decoder_fps").main([str(run), "--json", str(tmp_path / "r.json")])
 
 
 def test_decoder_fps_refuses_a_missing_file(tmp_path):
