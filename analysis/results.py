@@ -15,8 +15,9 @@ readable run is an error.
 Columns (:data:`CORE_COLUMNS`, with one column per hyper-parameter after ``kind``): ``method``, ``family``,
 ``group``, ``kind`` (see :mod:`.families`), ``config`` (the hyper-parameters as sorted JSON, without
 :data:`REPLICATE_KEYS` and NNI's ``_``-keys: the grouping key of Table 1), ``seed``, ``miou``,
-``pixel_accuracy``, ``fg_iou``, ``params_encoder``, ``params_decoder``, ``fps``, ``fps_device``, ``edges``,
-``stages``, ``binarization_gap`` (``inf`` when every dropped w is exactly 0, NaN when unknown),
+``pixel_accuracy``, ``fg_iou``, ``params_encoder``, ``params_decoder``, ``fps``, ``fps_device``, ``flops``,
+``ops``, ``bytes_written`` (per forward at the FPS input size, :mod:`nni_sparsemask.cost`; NaN for runs evaluated
+before they were counted), ``edges``, ``stages``, ``binarization_gap`` (``inf`` when every dropped w is exactly 0, NaN when unknown),
 ``search_seconds``, ``train_seconds``, ``run_dir``, ``connectivity`` (path or None), ``source`` (``rundir`` or
 ``nni``), ``trial_id``.
 """
@@ -39,11 +40,12 @@ __all__ = ["load_results", "save_csv", "skipped_runs", "find_runs", "read_run", 
 
 CORE_COLUMNS = [
     "method", "family", "group", "kind", "config", "seed", "miou", "pixel_accuracy", "fg_iou",
-    "params_encoder", "params_decoder", "fps", "fps_device", "edges", "stages", "binarization_gap",
+    "params_encoder", "params_decoder", "fps", "fps_device", "flops", "ops", "bytes_written", "edges", "stages",
+    "binarization_gap",
     "search_seconds", "train_seconds", "run_dir", "connectivity", "source", "trial_id",
 ]
-_NUMERIC = ["miou", "pixel_accuracy", "fg_iou", "params_encoder", "params_decoder", "fps", "edges", "stages",
-            "binarization_gap", "search_seconds", "train_seconds"]
+_NUMERIC = ["miou", "pixel_accuracy", "fg_iou", "params_encoder", "params_decoder", "fps", "flops", "ops",
+            "bytes_written", "edges", "stages", "binarization_gap", "search_seconds", "train_seconds"]
 #: hyper-parameters that tell replicates apart, not settings (left out of ``config``, the grouping key)
 REPLICATE_KEYS = ("seed", "sample")
 _EXPERIMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")

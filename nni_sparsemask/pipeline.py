@@ -308,11 +308,13 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
 def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, fps_batch: int = 1,
                      device: Optional[str] = None, fps_seconds: float = 2.0, progress: bool = True
                      ) -> dict[str, Any]:
-    """mIoU, pixel accuracy, per-class IoU and foreground IoU on the val split; params (encoder + decoder) and
+    """mIoU, pixel accuracy, per-class IoU and foreground IoU on the val split; params (encoder + decoder);
     FPS at ``fps_size`` x ``fps_size`` (batch ``fps_batch``) on ``device``, of the deployment form (BN folded,
-    channels_last: ``deploy.inference_form``)."""
+    channels_last: ``deploy.inference_form``); and, for the same input and form, what no machine changes
+    (:mod:`.cost`): FLOPs, operator calls and bytes written per forward."""
     from tqdm.auto import tqdm
 
+    from .cost import inference_cost
     from .metrics import SegmentationMetrics, count_parameters, format_params, measure_fps
     from .train import segmentation_scores
 
@@ -328,11 +330,12 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, f
     params = count_parameters(net)
     fps = measure_fps(net, input_size=(fps_size, fps_size), batch_size=fps_batch, device=device,
                       min_run_time=fps_seconds, inference=True)
+    cost = inference_cost(net, (fps_size, fps_size), batch_size=fps_batch, inference=True)
     return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "fg_iou": extra["fg_iou"],
             "iou": per_class, "params_encoder": params.encoder, "params_decoder": params.decoder,
             "params_text": format_params(params), "fps": fps.fps, "fps_device": fps.device,
             "fps_input": [fps_size, fps_size], "fps_batch": fps_batch, "fps_threads": torch.get_num_threads(),
-            "fps_form": fps.form}
+            "fps_form": fps.form, "flops": cost.flops, "ops": cost.ops, "bytes_written": cost.bytes_written}
 
 
 def save_weights(net: nn.Module, path: Union[str, Path]) -> None:

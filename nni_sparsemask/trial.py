@@ -245,7 +245,7 @@ def final_result(metrics: Mapping[str, Any], run_dir: Path, reused: bool = False
         raise ValueError(f"{run_dir / 'metrics.json'} has no mIoU; delete the run directory and run the entry again")
     return {"default": miou, "miou": miou, "pixel_accuracy": number("pixel_accuracy"), "fps": number("fps"),
             "params_encoder": number("params_encoder"), "params_decoder": number("params_decoder"),
-            "edges": metrics.get("edges"), "stages": metrics.get("stages"), "method": metrics.get("method"),
+            "flops": number("flops"), "edges": metrics.get("edges"), "stages": metrics.get("stages"), "method": metrics.get("method"),
             "seed": metrics.get("seed"), "run_dir": str(run_dir.resolve()), "reused": reused}
 
 

@@ -114,6 +114,14 @@ def test_load_results_rows_and_values(root):
     assert df.attrs["skipped"] == []
 
 
+def test_cost_columns_are_read_and_missing_ones_are_nan(tmp_path):
+    write_run(tmp_path, "new", "fcn", {}, 0, 0.5, flops=3.2e8, ops=27, bytes_written=15_000_000)
+    write_run(tmp_path, "old", "unet", {}, 0, 0.6)  # evaluated before the counts existed
+    df = results.load_results(tmp_path).set_index("method")
+    assert (df.loc["fcn", "flops"], df.loc["fcn", "ops"], df.loc["fcn", "bytes_written"]) == (3.2e8, 27, 15e6)
+    assert df.loc[["unet"], ["flops", "ops", "bytes_written"]].isna().all(axis=None)
+
+
 def test_save_csv_roundtrip(root, tmp_path):
     df = results.load_results(root)
     path = results.save_csv(df, tmp_path / "out" / "results.csv")

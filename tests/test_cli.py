@@ -74,6 +74,7 @@ def test_search_prune_retrain_evaluate_from_the_command_line(tmp_path, capsys):
     assert json.loads((r / "metrics.json").read_text())["params"]["threshold"] == 0.4
     assert main(["evaluate", str(r), "--fps-size", "32", "--device", "cpu", "--no-progress"]) == 0
     assert (r / "evaluate.json").is_file()
+    assert "GFLOP" in capsys.readouterr().out  # the machine-independent counts are printed
     assert main(["evaluate", str(s)]) == 2  # a search dir is not a retrain run
     assert "evaluate takes a retrain run directory" in capsys.readouterr().err
 

@@ -96,6 +96,11 @@ def test_evaluate_network_reports_per_class_iou_params_and_fps():
     assert 0 <= m["miou"] <= 1 and m["params_encoder"] > 0 and m["params_decoder"] > 0 and m["fps"] > 0
     assert m["fps_input"] == [32, 32] and m["fps_device"].startswith("cpu")
     assert m["fps_form"] == "BN folded, channels_last"  # the deployment form is what is timed
+    # counted on the same input and form as the FPS
+    from nni_sparsemask.cost import inference_cost
+    cost = inference_cost(net, 32, inference=True)
+    assert (m["flops"], m["ops"], m["bytes_written"]) == (cost.flops, cost.ops, cost.bytes_written)
+    assert cost.flops > 0 and cost.ops > 0 and cost.bytes_written > 0
 
 
 # ------------------------------------------------------------------------------------------------ search / prune
