@@ -134,7 +134,9 @@ def _draw_front(ax, x: np.ndarray, y: np.ndarray, x_higher_better: bool) -> None
 
 
 def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder size (Fig. 4)") -> Figure:
-    """Fig. 4: mIoU vs FPS (left) and mIoU vs decoder parameters (right), one point per run.
+    """Fig. 4: mIoU vs FPS (left) and mIoU vs decoder parameters (middle), one point per run; a third panel,
+    mIoU vs GFLOPs per forward (at the FPS input size, the count no machine changes), when at least two runs
+    have it (``flops`` in ``metrics.json``).
 
     One colour/marker per strategy family (MaskConnect k and L1 lambda in shades of one colour each); the
     hand-designed decoders are one series, the FDN ablations another, each decoder named by a text label at
@@ -152,10 +154,13 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
     div = 1e6 if unit == "M" else 1e3
     work["dec"] = work["params_decoder"] / div
     work["miou_pct"] = work["miou"] * 100
+    work["gflops"] = work["flops"] / 1e9 if "flops" in work else np.nan
+    panels = [("fps", True), ("dec", False)] + ([("gflops", False)] if work["gflops"].notna().sum() >= 2 else [])
 
-    fig = Figure(figsize=(12, 5.6), layout="constrained")
+    fig = Figure(figsize=(6 * len(panels), 5.6), layout="constrained")
     FigureCanvasAgg(fig)  # a real canvas: text boxes are measured to place the labels
-    ax_fps, ax_par = fig.subplots(1, 2, sharey=True)
+    axes = list(fig.subplots(1, len(panels), sharey=True))
+    ax_fps, ax_par = axes[:2]
     dec_pos = work["dec"][work["dec"] > 0]
     log_params = len(dec_pos) > 1 and dec_pos.max() / dec_pos.min() > 30
     if log_params:
@@ -165,14 +170,15 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
     work.loc[work["kind"] == "hand", "series"] = HAND_SERIES
     work.loc[work["kind"] == "ablation", "series"] = ABLATION_SERIES
     order = list(dict.fromkeys(work.set_index("label").loc[summary["label"], "series"]))
-    for ax, xcol, higher in ((ax_fps, "fps", True), (ax_par, "dec", False)):
+    for ax, (xcol, higher) in zip(axes, panels):
         for series in order:
             sub = work[work["series"] == series]
             st = styles[sub["label"].iloc[0]]
             ax.scatter(sub[xcol], sub["miou_pct"], c=[st["color"]], marker=st["marker"], s=st["s"],
                        edgecolors="white" if st["marker"] != "*" else "black", linewidths=0.5, alpha=0.9,
                        label=series, zorder=3 if st["marker"] == "*" else 2)
-        _draw_front(ax, work[xcol].to_numpy(float), work["miou_pct"].to_numpy(float), higher)
+        known = work[np.isfinite(work[xcol].to_numpy(float))]
+        _draw_front(ax, known[xcol].to_numpy(float), known["miou_pct"].to_numpy(float), higher)
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.06, y=0.08)
     devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
@@ -181,12 +187,15 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
     ax_fps.set_ylabel("mIoU (%)")
     ax_fps.set_title("mIoU vs FPS (up and right is better)")
     ax_par.set_title("mIoU vs decoder size (up and left is better)")
+    if len(axes) > 2:
+        axes[2].set_xlabel("GFLOPs per forward (at the FPS input size)")
+        axes[2].set_title("mIoU vs FLOPs (up and left is better)")
     handles, labels = ax_fps.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title)
     named = work[work["kind"].isin(["hand", "ablation"])].groupby("label", sort=False)
     fig.draw_without_rendering()  # settle the layout so that label boxes can be measured
-    for ax, xcol in ((ax_fps, "fps"), (ax_par, "dec")):
+    for ax, (xcol, _) in zip(axes, panels):
         points = [(label, sub[xcol].mean(), sub["miou_pct"].mean()) for label, sub in named
                   if np.isfinite(sub[xcol].mean()) and np.isfinite(sub["miou_pct"].mean())]
         _place_labels(ax, points)

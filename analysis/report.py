@@ -89,7 +89,8 @@ def write_report(source: Any, out_dir: str | Path, overwrite: bool = False) -> P
 
     save_figure(plot_tradeoff(df), out_dir / "fig4_tradeoff.png")
     md += ["## Fig. 4: accuracy vs speed and decoder size\n",
-           "Dashed step line: Pareto front (higher mIoU and higher FPS, resp. fewer decoder parameters, is better).\n",
+           "Dashed step line: Pareto front (higher mIoU and higher FPS, resp. fewer decoder parameters or FLOPs, is "
+           "better). The FLOPs panel (per forward at the FPS input size) appears when the runs counted them.\n",
            "![Fig. 4](fig4_tradeoff.png)\n"]
 
     md += ["## Binarization gap\n", gap_table_markdown(df), ""]

@@ -343,6 +343,19 @@ def test_tradeoff_figure(root):
     assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 7  # 6 families + front
 
 
+def test_tradeoff_figure_gets_a_flops_panel_when_runs_have_flops(root, tmp_path):
+    assert len(figures.plot_tradeoff(results.load_results(root)).axes) == 2  # no run counted its FLOPs
+    write_run(tmp_path, "fcn", "fcn", {}, 0, 0.64, flops=2.0e9, fps=156.0)
+    write_run(tmp_path, "fdn", "fdn", {}, 0, 0.73, flops=9.0e9, fps=37.0)
+    write_run(tmp_path, "sm", "sparsemask", {"lambda_sparse": 0.01}, 0, 0.73, flops=4.0e9, fps=98.0)
+    write_run(tmp_path, "old", "unet", {}, 0, 0.65)  # evaluated before the counts: left out of that panel only
+    fig = figures.plot_tradeoff(results.load_results(tmp_path))
+    ax = fig.axes[2]
+    assert ax.get_xlabel().startswith("GFLOPs") and len(fig.axes) == 3
+    front = ax.lines[0]
+    assert list(front.get_xdata()) == [2.0, 4.0]  # FCN, then SparseMask (as accurate as FDN with fewer FLOPs)
+
+
 def test_gap_figure(root):
     fig = figures.plot_binarization_gap(results.load_results(root))
     ax = fig.axes[0]
