@@ -41,20 +41,19 @@ def nni_error_line(err: BaseException) -> str:
 @contextlib.contextmanager
 def temporary_environ(**changes: Optional[str]) -> Iterator[None]:
     """Set (or, with None, remove) environment variables for the block: what the manager's process inherits."""
+    def apply(values: dict[str, Optional[str]]) -> None:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
     old = {k: os.environ.get(k) for k in changes}
     try:
-        for key, value in changes.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        apply(changes)
         yield
     finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        apply(old)
 
 
 def loopback_environment() -> dict[str, str]:
