@@ -123,11 +123,12 @@ def _prune(args) -> int:
 
 
 def _print_metrics(title: str, m: dict) -> None:
+    from .deploy import AS_GIVEN
     from .workflow import format_iou
 
     print(f"{title}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params_text']}, "
           f"{m['fps']:.1f} FPS ({m['fps_device']}, {m['fps_input'][0]}px, batch {m['fps_batch']}, "
-          f"{m.get('fps_form', 'as given')})")
+          f"{m.get('fps_form', AS_GIVEN)})")
     if m.get("flops") is not None:  # runs evaluated before the counts existed have none
         print(f"  per forward at that size: {m['flops'] / 1e9:.3f} GFLOP, {m['ops']} operator calls, "
               f"{m['bytes_written'] / 2**20:.1f} MB written")

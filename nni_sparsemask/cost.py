@@ -25,6 +25,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from .deploy import as_measured
+
 __all__ = ["InferenceCost", "inference_cost"]
 
 
@@ -79,12 +81,7 @@ def inference_cost(model: nn.Module, input_size: int | tuple[int, int] = (512, 5
                          f"{batch_size}, {in_channels}")
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
-    x = torch.randn(batch_size, in_channels, h, w, device=device)
-    if inference:
-        from .deploy import inference_form
-
-        model = inference_form(model)
-        x = x.contiguous(memory_format=torch.channels_last)
+    model, x, _ = as_measured(model, torch.randn(batch_size, in_channels, h, w, device=device), inference)
     was_training = model.training
     model.eval()
     counter = _OpCounter()

@@ -120,6 +120,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     """Run the demo into ``out``; returns ``{"rows": [...], "seconds": {...}}`` (also in ``out/demo.json``)."""
     import torch
 
+    from .deploy import AS_GIVEN
     from .pipeline import DataConfig, ModelConfig, TrainConfig, resolve_backbone_weights
     from .workflow import format_iou, run_retrain, run_search
 
@@ -173,7 +174,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     table = demo_table(rows)
     threads = torch.get_num_threads()
     note = (f"FPS: {side['device']}, {cfg.fps_size}x{cfg.fps_size}, batch 1, {threads} threads, "
-            f"{results['fdn'].get('fps_form', 'as given')}, measured side by side in {len(side['rounds'])} "
+            f"{results['fdn'].get('fps_form', AS_GIVEN)}, measured side by side in {len(side['rounds'])} "
             f"round-robin passes: FPS of the best pass; FPS / dense FDN is the median (range) of the ratio within "
             f"each pass. "
             f"Search {cfg.search_epochs} epochs, every network retrained {cfg.retrain_epochs} epochs on "

@@ -24,7 +24,11 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["fold_bn", "fold_conv_bn", "fold_batchnorm", "inference_form"]
+__all__ = ["fold_bn", "fold_conv_bn", "fold_batchnorm", "inference_form", "as_measured", "AS_GIVEN", "INFERENCE_FORM"]
+
+#: names of the two forms a network is timed (``metrics.measure_fps``) and counted (``cost.inference_cost``) in
+AS_GIVEN = "as given"
+INFERENCE_FORM = "BN folded, channels_last"
 
 
 def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,3 +108,12 @@ def inference_form(model: nn.Module, channels_last: bool = True, fold_bn: bool =
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
+
+
+def as_measured(model: nn.Module, x: torch.Tensor, inference: bool) -> tuple[nn.Module, torch.Tensor, str]:
+    """The network, the input and the name of their form as FPS is timed and cost is counted: as given, or with
+    ``inference`` the deployment form (:func:`inference_form`, ``model`` left untouched) fed ``channels_last``
+    input."""
+    if not inference:
+        return model, x, AS_GIVEN
+    return inference_form(model), x.contiguous(memory_format=torch.channels_last), INFERENCE_FORM

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .deploy import AS_GIVEN, INFERENCE_FORM, as_measured
+
 __all__ = [
     "SegmentationMetrics",
     "SegmentationScores",
@@ -32,6 +34,7 @@ __all__ = [
     "format_params",
     "FPSResult",
     "measure_fps",
+    "INFERENCE_FORM",
 ]
 
 
@@ -416,9 +419,6 @@ def format_params(count: ParamCount, digits: int = 2) -> str:
     return f"{count.encoder / 1e6:.{digits}f}+{count.decoder / 1e6:.{digits}f}M"
 
 
-INFERENCE_FORM = "BN folded, channels_last"
-
-
 @dataclass(frozen=True)
 class FPSResult:
     """Inference speed measured by :func:`measure_fps`: ``fps = batch_size / mean_seconds``."""
@@ -431,7 +431,7 @@ class FPSResult:
     input_size: tuple[int, int]
     num_threads: int
     num_runs: int
-    form: str = "as given"
+    form: str = AS_GIVEN
 
     def __str__(self) -> str:
         h, w = self.input_size
@@ -479,14 +479,7 @@ def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512
         raise ValueError("device is CUDA but torch.cuda.is_available() is False; pass device='cpu'")
     model = model.to(device)
     threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
-    x = torch.randn(batch_size, in_channels, h, w, device=device)
-    form = "as given"
-    if inference:
-        from .deploy import inference_form
-
-        model = inference_form(model)
-        x = x.contiguous(memory_format=torch.channels_last)
-        form = INFERENCE_FORM
+    model, x, form = as_measured(model, torch.randn(batch_size, in_channels, h, w, device=device), inference)
     was_training = model.training
     model.eval()
 
