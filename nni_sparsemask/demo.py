@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,14 +69,13 @@ def fps_side_by_side(runs: dict[str, Path], size: int, rounds: int = 5, seconds:
     Returns ``{"fps": {name: best pass}, "rounds": [{name: fps} per pass], "device": str}``: the best pass of each
     network is the least disturbed one; the passes show how much the machine moved the numbers.
     """
-    import torch
-
     from .metrics import measure_fps
+    from .pipeline import default_device
     from .workflow import load_run_network
 
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     nets = {name: load_run_network(path)[0] for name, path in runs.items()}
     passes, name_of_device = [], ""
     for _ in range(rounds):
@@ -91,10 +91,8 @@ def fps_side_by_side(runs: dict[str, Path], size: int, rounds: int = 5, seconds:
 def ratio_over_passes(passes: list[dict[str, float]], name: str, reference: str) -> tuple[float, float, float]:
     """Median, lowest and highest of ``FPS[name] / FPS[reference]``, each ratio taken within one pass (paired, so
     that a slow phase of the machine cancels out)."""
-    ratios = sorted(p[name] / p[reference] for p in passes)
-    mid = len(ratios) // 2
-    median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
-    return median, ratios[0], ratios[-1]
+    ratios = [p[name] / p[reference] for p in passes]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def _fps_device(accelerator: str) -> str | None:

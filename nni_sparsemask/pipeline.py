@@ -29,7 +29,7 @@ from .rundir import RunDir
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "DATASETS", "make_loaders", "resolve_backbone_weights",
            "build_network", "train_network", "evaluate_network", "check_connectivity", "class_names",
-           "history_callback"]
+           "history_callback", "default_device"]
 
 DATASETS = ("digitscenes", "voc")
 PRETRAINED = "pretrained"  # backbone_weights value: the cached DigitScenes classifier (sparsemask pretrain)
@@ -304,6 +304,11 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+def default_device() -> str:
+    """Where networks are evaluated and timed when no device is given: CUDA when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @torch.no_grad()
 def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, fps_batch: int = 1,
                      device: Optional[str] = None, fps_seconds: float = 2.0, progress: bool = True
@@ -318,7 +323,7 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, f
     from .metrics import SegmentationMetrics, count_parameters, format_params, measure_fps
     from .train import segmentation_scores
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     net = net.to(device).eval()
     _, val_loader = make_loaders(data)
     metrics = SegmentationMetrics(data.num_classes)
