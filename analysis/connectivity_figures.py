@@ -18,7 +18,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from nni_sparsemask.connectivity import Connectivity, candidate_names
+from nni_sparsemask.fdn.connectivity import Connectivity, candidate_names
 
 __all__ = ["final_weights", "weight_grid", "grid_names", "plot_w_heatmaps", "plot_w_history", "plot_architecture"]
 

@@ -37,7 +37,7 @@ def _slug(text: str) -> str:
 
 def _representatives(df: pd.DataFrame, notes: list[str]) -> list[tuple[str, str, Any]]:
     """``(label, kind, Connectivity)`` of the best-mIoU run with a readable connectivity, per searched label."""
-    from nni_sparsemask.connectivity import Connectivity  # imports torch: only when there is one to read
+    from nni_sparsemask.fdn.connectivity import Connectivity  # imports torch: only when there is one to read
 
     work = df[df["connectivity"].notna() & df["kind"].isin(_HEATMAP_KINDS)].copy()
     if work.empty:

@@ -16,7 +16,7 @@ Columns (:data:`CORE_COLUMNS`, with one column per hyper-parameter after ``kind`
 ``group``, ``kind`` (see :mod:`.families`), ``config`` (the hyper-parameters as sorted JSON, without
 :data:`REPLICATE_KEYS` and NNI's ``_``-keys: the grouping key of Table 1), ``seed``, ``miou``,
 ``pixel_accuracy``, ``fg_iou``, ``params_encoder``, ``params_decoder``, ``fps``, ``fps_device``, ``flops``,
-``ops``, ``bytes_written`` (per forward at the FPS input size, :mod:`nni_sparsemask.cost`; NaN for runs evaluated
+``ops``, ``bytes_written`` (per forward at the FPS input size, :mod:`nni_sparsemask.measure.cost`; NaN for runs evaluated
 before they were counted), ``edges``, ``stages``, ``binarization_gap`` (``inf`` when every dropped w is exactly 0, NaN when unknown),
 ``search_seconds``, ``train_seconds``, ``run_dir``, ``connectivity`` (path or None), ``source`` (``rundir`` or
 ``nni``), ``trial_id``.
@@ -178,7 +178,7 @@ def _view_experiment(experiment_id: str) -> Any:
     ``sparsemask compare``, the manager gets the ``loopback.js`` preload: it listens on 127.0.0.1 only."""
     from nni.experiment import Experiment  # imported here: NNI is slow to import
 
-    from nni_sparsemask.manager import loopback_environment, temporary_environ
+    from nni_sparsemask.comparison.manager import loopback_environment, temporary_environ
 
     exp = Experiment(None, id=experiment_id)
     if not exp.has_checkpoint():

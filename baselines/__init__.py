@@ -1,10 +1,12 @@
 """Baselines: search strategies and hand-designed decoders on the FDN space (imported as nni_sparsemask.baselines).
 
-* :mod:`.decoders` -- FCN, U-Net, SparseACN and the dense FDN as :class:`~nni_sparsemask.connectivity.Connectivity`;
+* :mod:`.decoders` -- FCN, U-Net, SparseACN and the dense FDN as :class:`~nni_sparsemask.fdn.connectivity.Connectivity`;
 * :mod:`.deeplab` -- mobile DeepLabV3 (dilated MobileNetV2 + ASPP), a head of its own;
 * :mod:`.samplers` -- "Rand" and "Rand (Rule)" random search;
-* :mod:`.maskconnect` -- MaskConnect (top-k, straight-through) and the L1 strategy;
-* :mod:`.registry` -- the decoder and strategy registries and the CLI argument validation.
+* :mod:`.maskconnect` -- MaskConnect (top-k, straight-through) and the L1 strategy.
+
+Baselines import only the core (``nni_sparsemask.nas`` / ``nni_sparsemask.fdn``); the registry that names them
+for the CLI and the comparison is the run layer's (:mod:`nni_sparsemask.run.registry`).
 
 Names are imported lazily (no torch / NNI work at ``import nni_sparsemask.baselines``).
 """
@@ -18,9 +20,6 @@ _EXPORTS = {
     "random_connectivity": "samplers", "random_connectivities": "samplers",
     "rand_rule_connectivity": "samplers", "rand_rule_connectivities": "samplers",
     "MaskConnect": "maskconnect", "MaskConnectInput": "maskconnect", "L1": "maskconnect",
-    "DECODERS": "registry", "STRATEGIES": "registry", "build_decoder": "registry", "decoder_connectivity": "registry",
-    "build_strategy": "registry", "validate_strategy_args": "registry",
-    "available_decoders": "registry", "available_strategies": "registry",
 }
 
 __all__ = sorted(_EXPORTS)

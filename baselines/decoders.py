@@ -1,8 +1,8 @@
-"""Hand-designed decoders as points of the FDN space: each is a :class:`~nni_sparsemask.connectivity.Connectivity`.
+"""Hand-designed decoders as points of the FDN space: each is a :class:`~nni_sparsemask.fdn.connectivity.Connectivity`.
 
 Every function has the signature ``f(backbone, feature_info, backbone_kwargs=None) -> Connectivity`` and returns an
 already minimal connectivity (``conn.prune(threshold=None)`` leaves it unchanged); build the network with
-:func:`~nni_sparsemask.model.build_pruned`. Edges carry weight 1.0. With L encoder stages (``E_1..E_L``, shallow to
+:func:`~nni_sparsemask.fdn.pruned.build_pruned`. Edges carry weight 1.0. With L encoder stages (``E_1..E_L``, shallow to
 deep) and the global-pool feature ``G``, the decoders are:
 
 ``fcn``
@@ -36,8 +36,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from nni_sparsemask.backbones import FeatureInfo
-from nni_sparsemask.connectivity import Connectivity, Edge
+from nni_sparsemask.fdn.backbones import FeatureInfo
+from nni_sparsemask.fdn.connectivity import Connectivity, Edge
 
 __all__ = ["fcn", "unet", "sparseacn", "sparseacn_sources", "dense", "fdn", "CONNECTIVITY_DECODERS"]
 
@@ -110,5 +110,5 @@ def dense(backbone: str, feature_info: Iterable[FeatureInfo], backbone_kwargs: d
 
 fdn = dense
 
-#: name -> connectivity builder (the registry in :mod:`nni_sparsemask.baselines.registry` uses these).
+#: name -> connectivity builder (the registry in :mod:`nni_sparsemask.run.registry` uses these).
 CONNECTIVITY_DECODERS = {"fcn": fcn, "unet": unet, "sparseacn": sparseacn, "fdn": dense}

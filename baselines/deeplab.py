@@ -2,7 +2,7 @@
 
 Architecture (Chen et al. 2017, with the MobileNetV2 encoder of Sandler et al. 2018):
 
-* encoder: MobileNetV2 (the project's 9-stage :class:`~nni_sparsemask.backbones.Encoder`, the same stages and
+* encoder: MobileNetV2 (the project's 9-stage :class:`~nni_sparsemask.fdn.backbones.Encoder`, the same stages and
   weights as the FDN's) at output stride 16: the last stride-2 convolution (the depthwise 3x3 of
   ``features[14]``, the s16 -> s32 step) gets stride 1, and it and every later 3x3 convolution get dilation 2
   (padding 2), as torchvision's dilated MobileNetV3 does. ``output_stride=8`` also de-strides the s8 -> s16 step
@@ -15,7 +15,7 @@ Architecture (Chen et al. 2017, with the MobileNetV2 encoder of Sandler et al. 2
 * a 1x1 classifier and bilinear upsampling of the logits to the input size (any size, e.g. 50x70).
 
 ``model.encoder`` is the backbone (for the encoder/decoder parameter split and the 10x decoder learning rate of
-:mod:`nni_sparsemask.train`); everything else (ASPP + classifier) is the decoder. The image-pooling branch has BN
+:mod:`nni_sparsemask.run.lightning`); everything else (ASPP + classifier) is the decoder. The image-pooling branch has BN
 on a 1x1 map, so training needs batch size >= 2 (a clear ``ValueError`` otherwise, as for the FDN's G edges).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nni_sparsemask.backbones import Encoder, build_backbone
+from nni_sparsemask.fdn.backbones import Encoder, build_backbone
 
 __all__ = ["DeepLabV3", "ASPP", "dilate_encoder", "SUPPORTED_BACKBONES"]
 
@@ -121,7 +121,7 @@ class DeepLabV3(nn.Module):
     aspp_channels: channels of every ASPP branch and of the projection (256 in the paper; smaller for tests).
     atrous_rates: the 3x3 branches' rates; default (6, 12, 18) at output stride 16, (12, 24, 36) at 8, (3, 6, 9) at 32.
     dropout: after the ASPP projection.
-    backbone_weights: as for :func:`~nni_sparsemask.backbones.build_backbone` (a local file or a cached name).
+    backbone_weights: as for :func:`~nni_sparsemask.fdn.backbones.build_backbone` (a local file or a cached name).
     backbone_kwargs: e.g. ``{"width_mult": 0.25}``.
 
     ``forward(x)`` returns logits ``(N, num_classes, H, W)`` at the input size.

@@ -11,7 +11,7 @@ MaskConnect on an ``InputChoice(n_chosen=None)`` with ``n`` candidates ``x_1..x_
   which the SparseMask loop calls after every w step);
 * evaluation and export keep the top-k of ``m`` (ties: the lower index); a choice with ``n <= k`` candidates keeps all.
 
-The output honours the choice's ``reduction`` like :class:`~nni_sparsemask.supermodule.SparseMixedInput`:
+The output honours the choice's ``reduction`` like :class:`~nni_sparsemask.nas.supermodule.SparseMixedInput`:
 ``'sum'`` = ``sum_t s_t x_t``; ``'mean'`` = that sum divided by the number selected (``min(k, n)``);
 ``'concat'`` = concatenation of the selected inputs in candidate order (gradient reaches the selected entries
 only: an unselected input cannot be carried without changing the shape); ``'none'`` = the list of the selected
@@ -22,7 +22,7 @@ the sum of the ``k`` selected edges either way. ``grad_to_unselected=False`` ret
 
 Modules sharing a label share ``m`` but draw their selections independently in each forward.
 
-The :class:`MaskConnect` strategy is :class:`~nni_sparsemask.strategy.SparseMask` with the ``'task'`` loss (no
+The :class:`MaskConnect` strategy is :class:`~nni_sparsemask.nas.strategy.SparseMask` with the ``'task'`` loss (no
 regulariser), this module instead of ``SparseMixedInput``, and a top-k export; it runs under ``NasExperiment``
 like SparseMask. :class:`L1` is ``SparseMask(loss="l1")`` under its own name (lambda in ``L1_LAMBDAS`` in Fig. 4).
 """
@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nni_sparsemask.strategy import SparseMask, SparseMaskConfig
-from nni_sparsemask.supermodule import SparseMixedInput, is_multi_input_choice, shared_arch_weights
+from nni_sparsemask.nas.strategy import SparseMask, SparseMaskConfig
+from nni_sparsemask.nas.supermodule import SparseMixedInput, is_multi_input_choice, shared_arch_weights
 
 __all__ = ["MaskConnectInput", "MaskConnect", "MaskConnectConfig", "L1", "MASKCONNECT_KS", "L1_LAMBDAS",
            "normalise_mask"]

@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from nni_sparsemask.backbones import FeatureInfo
-from nni_sparsemask.connectivity import Connectivity, Edge, candidate_names
+from nni_sparsemask.fdn.backbones import FeatureInfo
+from nni_sparsemask.fdn.connectivity import Connectivity, Edge, candidate_names
 
 __all__ = ["random_connectivity", "random_connectivities", "rand_rule_connectivity", "rand_rule_connectivities",
            "MAX_TRIES"]

@@ -5,13 +5,13 @@ Timing depends on the architecture only, so the networks are built with random w
 Every network is timed in two forms:
 
 * ``as built``: the ``nn.Module`` that ``build_pruned`` returns, NCHW, BN as separate modules;
-* ``deploy``: ``nni_sparsemask.deploy.inference_form`` (BN folded into the convolutions, channels_last weights
+* ``deploy``: ``nni_sparsemask.measure.deploy.inference_form`` (BN folded into the convolutions, channels_last weights
   and input), the form ``evaluate_network`` and the demo time.
 
 The networks are interleaved round-robin ``--rounds`` times. Printed, all from this run: ms per forward and FPS of
 each network's best pass (the least disturbed one on a shared machine), and FPS / dense FDN as the median and range
 of the ratio within each pass (paired, so that a slow phase of the machine cancels out). Then, for the deployment
-form, what no machine changes (``nni_sparsemask.cost``): operator calls, FLOPs and bytes written per forward,
+form, what no machine changes (``nni_sparsemask.measure.cost``): operator calls, FLOPs and bytes written per forward,
 which bound the FPS ratio in the launch-bound (GPU at batch 1), compute-bound and memory-bound regimes.
 
     python benchmarks/decoder_fps.py runs/search/connectivity.json --size 256
@@ -28,9 +28,9 @@ import torch
 
 
 def build_networks(paths: list[str], decoder_channels: int, num_classes: int) -> dict[str, torch.nn.Module]:
-    from nni_sparsemask.baselines.registry import decoder_connectivity
-    from nni_sparsemask.connectivity import Connectivity
-    from nni_sparsemask.model import build_pruned
+    from nni_sparsemask.run.registry import decoder_connectivity
+    from nni_sparsemask.fdn.connectivity import Connectivity
+    from nni_sparsemask.fdn.pruned import build_pruned
 
     conns = {}
     for p in paths:
@@ -57,9 +57,9 @@ def build_networks(paths: list[str], decoder_channels: int, num_classes: int) ->
 
 
 def main(argv=None) -> dict:
-    from nni_sparsemask.cost import inference_cost
-    from nni_sparsemask.demo import ratio_over_passes
-    from nni_sparsemask.metrics import measure_fps
+    from nni_sparsemask.measure.cost import inference_cost
+    from nni_sparsemask.run.demo import ratio_over_passes
+    from nni_sparsemask.measure.metrics import measure_fps
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("connectivity", nargs="+", help="connectivity.json files (or run directories holding one)")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 def naive_decoder(space, features, g):
     """Upsample every input to the stage resolution, concatenate, one 1x1 conv (no BN: the space has edge_bn=False)."""
-    from nni_sparsemask.connectivity import candidate_names
+    from nni_sparsemask.fdn.connectivity import candidate_names
 
     outs = {f"E{i}": f for i, f in enumerate(features, start=1)}
     outs["G"] = g
@@ -42,8 +42,8 @@ def naive_decoder(space, features, g):
 
 
 def efficient_decoder(space, features, g):
-    from nni_sparsemask.connectivity import candidate_names
-    from nni_sparsemask.fusion import fuse
+    from nni_sparsemask.fdn.connectivity import candidate_names
+    from nni_sparsemask.fdn.fusion import fuse
 
     outs = {f"E{i}": f for i, f in enumerate(features, start=1)}
     outs["G"] = g

@@ -55,7 +55,7 @@ def _epoch_timer():
 
 
 def _loaders(args):
-    from nni_sparsemask.train import DigitScenesLoader
+    from nni_sparsemask.run.lightning import DigitScenesLoader
 
     common = dict(image_size=args.size, seed=0)
     train = DigitScenesLoader(batch_size=args.batch, shuffle=True, drop_last=True, split="train",
@@ -65,7 +65,7 @@ def _loaders(args):
 
 
 def _space(args):
-    from nni_sparsemask.space import FDNSpace
+    from nni_sparsemask.fdn.space import FDNSpace
 
     return FDNSpace(args.backbone, num_classes=11, decoder_channels=args.channels,
                     backbone_kwargs=json.loads(args.backbone_kwargs))
@@ -74,9 +74,9 @@ def _space(args):
 def _darts_space(args):
     from nni.nas.nn.pytorch import InputChoice
 
-    from nni_sparsemask.connectivity import candidate_names
-    from nni_sparsemask.fusion import resize_to
-    from nni_sparsemask.space import FDNSpace
+    from nni_sparsemask.fdn.connectivity import candidate_names
+    from nni_sparsemask.fdn.fusion import resize_to
+    from nni_sparsemask.fdn.space import FDNSpace
 
     class DartsFDN(FDNSpace):
         """FDNSpace whose input choices sum (NNI's DARTS refuses ``reduction="none"``)."""
@@ -104,7 +104,7 @@ def _darts_space(args):
 
 
 def _evaluator(args, timer):
-    from nni_sparsemask.train import Segmentation
+    from nni_sparsemask.run.lightning import Segmentation
 
     train, val = _loaders(args)
     return Segmentation(num_classes=11, learning_rate=0.01, train_dataloaders=train, val_dataloaders=val,
@@ -116,8 +116,8 @@ def _evaluator(args, timer):
 def run_fdn(args) -> list[float]:
     import pytorch_lightning as pl
 
-    from nni_sparsemask.model import build_pruned
-    from nni_sparsemask.train import SegmentationModule
+    from nni_sparsemask.fdn.pruned import build_pruned
+    from nni_sparsemask.run.lightning import SegmentationModule
 
     space = _space(args)
     net = build_pruned(space.dense_connectivity(), 11, args.channels, backbone_kwargs=json.loads(args.backbone_kwargs))
@@ -140,7 +140,7 @@ def _run_strategy(args, strategy, space) -> list[float]:
 
 
 def run_sparsemask(args) -> list[float]:
-    from nni_sparsemask.strategy import SparseMask
+    from nni_sparsemask.nas.strategy import SparseMask
 
     return _run_strategy(args, SparseMask(arc_learning_rate=0.02), _space(args))
 

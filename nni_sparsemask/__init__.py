@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import importlib
 
+from nni_sparsemask import _compat
+
+_compat.install()  # old module paths (nni_sparsemask.strategy, ...) still import, with a DeprecationWarning
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "FeatureInfo": "nni_sparsemask.backbones",
-    "build_backbone": "nni_sparsemask.backbones",
-    "FDNSpace": "nni_sparsemask.space",
-    "Connectivity": "nni_sparsemask.connectivity",
-    "build_pruned": "nni_sparsemask.model",
-    "SparseMixedInput": "nni_sparsemask.supermodule",
-    "SparseMask": "nni_sparsemask.strategy",
+    "FeatureInfo": "nni_sparsemask.fdn.backbones",
+    "build_backbone": "nni_sparsemask.fdn.backbones",
+    "FDNSpace": "nni_sparsemask.fdn.space",
+    "Connectivity": "nni_sparsemask.fdn.connectivity",
+    "build_pruned": "nni_sparsemask.fdn.pruned",
+    "SparseMixedInput": "nni_sparsemask.nas.supermodule",
+    "SparseMask": "nni_sparsemask.nas.strategy",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

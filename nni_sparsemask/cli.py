@@ -71,14 +71,14 @@ def _add_fps(p: argparse.ArgumentParser, default: int = 512) -> None:
 
 
 def _data(args):
-    from .pipeline import DataConfig
+    from nni_sparsemask.run.pipeline import DataConfig
     return DataConfig(dataset=args.dataset, root=args.data_root, sbd_root=args.sbd_root, image_size=args.image_size,
                       train_scenes=args.train_scenes, val_scenes=args.val_scenes, batch_size=args.batch_size,
                       task=args.task, seed=getattr(args, "seed", 0) or 0)
 
 
 def _model(args):
-    from .pipeline import ModelConfig
+    from nni_sparsemask.run.pipeline import ModelConfig
     kwargs = args.backbone_kwargs if args.backbone_kwargs is not None else \
         DEFAULT_BACKBONE_KWARGS.get(args.backbone, {})
     weights = None if str(args.backbone_weights).lower() == "none" else args.backbone_weights
@@ -88,7 +88,7 @@ def _model(args):
 
 # ------------------------------------------------------------------------------------------------ commands
 def _pretrain(args) -> int:
-    from .pretrain import PretrainConfig, cached_weights_path, pretrain_backbone
+    from nni_sparsemask.run.pretrain import PretrainConfig, cached_weights_path, pretrain_backbone
 
     kwargs = args.backbone_kwargs if args.backbone_kwargs is not None else \
         DEFAULT_BACKBONE_KWARGS.get(args.backbone, {})
@@ -102,7 +102,7 @@ def _pretrain(args) -> int:
 
 
 def _search(args) -> int:
-    from .workflow import run_search
+    from nni_sparsemask.run.steps import run_search
 
     strategy_args = {"lambda_sparse": args.lambda_sparse, "threshold": args.threshold, "k": args.k,
                      "samples": args.samples, "density": args.density, "seed": args.seed}
@@ -116,15 +116,15 @@ def _search(args) -> int:
 
 
 def _prune(args) -> int:
-    from .workflow import run_prune
+    from nni_sparsemask.run.steps import run_prune
 
     run_prune(args.search_dir, args.out, args.threshold, overwrite=args.overwrite)
     return 0
 
 
 def _print_metrics(title: str, m: dict) -> None:
-    from .deploy import AS_GIVEN
-    from .workflow import format_iou
+    from nni_sparsemask.measure.deploy import AS_GIVEN
+    from nni_sparsemask.run.steps import format_iou
 
     print(f"{title}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params_text']}, "
           f"{m['fps']:.1f} FPS ({m['fps_device']}, {m['fps_input'][0]}px, batch {m['fps_batch']}, "
@@ -136,8 +136,8 @@ def _print_metrics(title: str, m: dict) -> None:
 
 
 def _retrain(args) -> int:
-    from .pipeline import TrainConfig
-    from .workflow import run_retrain
+    from nni_sparsemask.run.pipeline import TrainConfig
+    from nni_sparsemask.run.steps import run_retrain
 
     train = TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
     m = run_retrain(args.out, _data(args), _model(args), train, connectivity=args.connectivity,
@@ -148,7 +148,7 @@ def _retrain(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .workflow import run_evaluate
+    from nni_sparsemask.run.steps import run_evaluate
 
     m = run_evaluate(args.run, fps_size=args.fps_size, fps_batch=args.fps_batch, device=args.device,
                      overwrite=args.overwrite, progress=not args.no_progress)
@@ -157,7 +157,7 @@ def _evaluate(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import DemoConfig, run_demo
+    from nni_sparsemask.run.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(search_epochs=args.search_epochs, retrain_epochs=args.retrain_epochs,
                      train_scenes=args.train_scenes, image_size=args.image_size, lambda_sparse=args.lambda_sparse,
@@ -170,7 +170,7 @@ def _demo(args) -> int:
 
 
 def _report(args) -> int:
-    from .analysis import write_report
+    from nni_sparsemask.analysis import write_report
 
     path = write_report(args.source, args.out, overwrite=args.overwrite)
     print(f"report written: {path}")
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     import dataclasses
     from types import SimpleNamespace
 
-    from .demo import DemoConfig
+    from nni_sparsemask.run.demo import DemoConfig
 
     d = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(DemoConfig)})  # no validation: no torch
     p = sub.add_parser("demo", help="pretrain -> search -> prune -> retrain -> evaluate on DigitScenes, vs dense FDN")
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_report)
 
-    from .compare import register_cli
+    from nni_sparsemask.comparison.compare import register_cli
     register_cli(sub)
     return parser
 

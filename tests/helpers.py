@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from nni_sparsemask.backbones import FeatureInfo
+from nni_sparsemask.fdn.backbones import FeatureInfo
 
 TINY = {"backbone": "mobilenet_v2", "backbone_kwargs": {"width_mult": 0.25}}
 

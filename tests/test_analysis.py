@@ -19,7 +19,7 @@ from matplotlib.patches import FancyArrowPatch
 from nni_sparsemask.analysis import connectivity_figures as cf
 from nni_sparsemask.analysis import figures, report, results, table
 from nni_sparsemask.analysis.families import family_of
-from nni_sparsemask.connectivity import Connectivity, Edge, candidate_names
+from nni_sparsemask.fdn.connectivity import Connectivity, Edge, candidate_names
 
 from helpers import small_info
 

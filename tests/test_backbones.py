@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision.models import mobilenet_v2
 
-from nni_sparsemask.backbones import available_backbones, build_backbone
+from nni_sparsemask.fdn.backbones import available_backbones, build_backbone
 from helpers import MNV2_INFO, RESNET_INFO
 
 

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from nni_sparsemask.backbones import build_backbone
+from nni_sparsemask.fdn.backbones import build_backbone
 from nni_sparsemask.baselines import decoders as d
-from nni_sparsemask.baselines.registry import (DECODERS, STRATEGIES, Registry, build_decoder, build_strategy,
+from nni_sparsemask.run.registry import (DECODERS, STRATEGIES, Registry, build_decoder, build_strategy,
                                                decoder_connectivity, validate_strategy_args)
-from nni_sparsemask.connectivity import Connectivity
-from nni_sparsemask.model import build_pruned
+from nni_sparsemask.fdn.connectivity import Connectivity
+from nni_sparsemask.fdn.pruned import build_pruned
 from helpers import MNV2_INFO, RESNET_INFO
 
 BUILDERS = {"fcn": d.fcn, "unet": d.unet, "sparseacn": d.sparseacn, "fdn": d.dense}
@@ -190,8 +190,8 @@ def test_strategy_arguments_are_validated():
 
 def test_build_strategy():
     from nni_sparsemask.baselines.maskconnect import L1, MaskConnect
-    from nni_sparsemask.baselines.registry import ConnectivitySampler
-    from nni_sparsemask.strategy import SparseMask
+    from nni_sparsemask.run.registry import ConnectivitySampler
+    from nni_sparsemask.nas.strategy import SparseMask
 
     mc = build_strategy("maskconnect", {"k": 4}, arc_learning_rate=0.05)
     assert isinstance(mc, MaskConnect) and mc.k == 4 and mc.config.arc_learning_rate == 0.05
@@ -211,7 +211,7 @@ def test_build_strategy():
 def test_package_exports_lazily():
     import nni_sparsemask.baselines as b
 
-    assert b.unet is d.unet and b.validate_strategy_args is validate_strategy_args
+    assert b.unet is d.unet and "DECODERS" not in b.__all__  # the registry is the run layer's
     assert "MaskConnect" in b.__all__ and "DeepLabV3" in b.__all__
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         b.nope

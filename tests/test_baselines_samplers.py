@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from nni_sparsemask.backbones import build_backbone
+from nni_sparsemask.fdn.backbones import build_backbone
 from nni_sparsemask.baselines.samplers import (rand_rule_connectivities, rand_rule_connectivity,
                                                random_connectivities, random_connectivity)
-from nni_sparsemask.connectivity import Connectivity, candidate_names
-from nni_sparsemask.model import build_pruned
+from nni_sparsemask.fdn.connectivity import Connectivity, candidate_names
+from nni_sparsemask.fdn.pruned import build_pruned
 from helpers import MNV2_INFO, RESNET_INFO
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nni_sparsemask.baselines.registry import decoder_connectivity
+from nni_sparsemask.run.registry import decoder_connectivity
 
 ROOT = Path(__file__).resolve().parents[1]
 

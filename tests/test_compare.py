@@ -50,7 +50,7 @@ def write_config(tmp_path: Path, decoders=("fcn",), trial_command=None, **fields
     space = {"params": {"_type": "choice", "_value": [{"_name": d} for d in decoders]},
              "seed": {"_type": "choice", "_value": [0]}}
     (tmp_path / "space.json").write_text(json.dumps(space))
-    command = trial_command or (f"python -m nni_sparsemask.trial --results {tmp_path / 'runs'} "
+    command = trial_command or (f"python -m nni_sparsemask.comparison.trial --results {tmp_path / 'runs'} "
                                 f"--settings '{json.dumps(TINY)}'")
     config = {"experimentName": "sparsemask-test", "searchSpaceFile": "space.json", "trialCommand": command,
               "trialCodeDirectory": ".", "trialConcurrency": 1, "experimentWorkingDirectory": str(tmp_path / "nni"),
@@ -120,10 +120,10 @@ def test_config_errors_are_clear_and_early(tmp_path):
     path = write_config(tmp_path, decoders=("fcn", "nope"))
     with pytest.raises(ValueError, match=r"unknown method 'nope'; known: strategies"):
         compare.plan_comparison(compare.load_config(path), str(path))
-    path = write_config(tmp_path, trial_command="python -m nni_sparsemask.trial --preset huge")
+    path = write_config(tmp_path, trial_command="python -m nni_sparsemask.comparison.trial --preset huge")
     with pytest.raises(ValueError, match="trial settings: unknown preset 'huge'"):
         compare.plan_comparison(compare.load_config(path), str(path))
-    path = write_config(tmp_path, trial_command="python -m nni_sparsemask.trial --bogus 1")
+    path = write_config(tmp_path, trial_command="python -m nni_sparsemask.comparison.trial --bogus 1")
     with pytest.raises(ValueError, match="unrecognized arguments: --bogus"):
         compare.plan_comparison(compare.load_config(path), str(path))
     with pytest.raises(ValueError, match="give the experiment CONFIG"):
@@ -234,7 +234,7 @@ def test_stop_midway_then_resume_finishes_the_grid_without_redoing_entries(tmp_p
     log_file = tmp_path / "compare.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_file, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "nni_sparsemask.compare", str(path), "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "nni_sparsemask.comparison.compare", str(path), "--port", str(port),
                                  "--results", str(report), "--poll", "1"], stdout=log, stderr=subprocess.STDOUT,
                                 env=env, cwd=tmp_path)
     try:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from nni_sparsemask.connectivity import SCHEMA_VERSION, Connectivity, Edge
+from nni_sparsemask.fdn.connectivity import SCHEMA_VERSION, Connectivity, Edge
 from helpers import MNV2_INFO, RESNET_INFO, small_info
 
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from nni_sparsemask.baselines.registry import decoder_connectivity
-from nni_sparsemask.cost import InferenceCost, inference_cost
-from nni_sparsemask.model import build_pruned
+from nni_sparsemask.run.registry import decoder_connectivity
+from nni_sparsemask.measure.cost import InferenceCost, inference_cost
+from nni_sparsemask.fdn.pruned import build_pruned
 
 CONVNET = {"widths": [4, 8, 8, 8, 8]}
 

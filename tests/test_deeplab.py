@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from nni_sparsemask.backbones import build_backbone
+from nni_sparsemask.fdn.backbones import build_backbone
 from nni_sparsemask.baselines.deeplab import ASPP, DeepLabV3, dilate_encoder
-from nni_sparsemask.metrics import count_parameters
+from nni_sparsemask.measure.metrics import count_parameters
 
 TINY = {"width_mult": 0.25}
 

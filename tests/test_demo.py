@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nni_sparsemask.demo import _fps_device, demo_table, fps_side_by_side, ratio_over_passes
+from nni_sparsemask.run.demo import _fps_device, demo_table, fps_side_by_side, ratio_over_passes
 
 
 def test_ratio_over_passes_pairs_each_pass():
@@ -39,8 +39,8 @@ def test_fps_side_by_side_default_device(monkeypatch, tmp_path):
         seen["device"] = device
         return type("R", (), {"fps": 10.0, "device": f"{device} (fake)"})()
 
-    monkeypatch.setattr("nni_sparsemask.metrics.measure_fps", fake_measure)
-    monkeypatch.setattr("nni_sparsemask.workflow.load_run_network", lambda path: (torch.nn.Identity(), None))
+    monkeypatch.setattr("nni_sparsemask.measure.metrics.measure_fps", fake_measure)
+    monkeypatch.setattr("nni_sparsemask.run.steps.load_run_network", lambda path: (torch.nn.Identity(), None))
     for available, expected in ((True, "cuda"), (False, "cpu")):
         monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
         out = fps_side_by_side({"fdn": tmp_path}, 32, rounds=2)

@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from nni_sparsemask.backbones import build_backbone
-from nni_sparsemask.deploy import fold_batchnorm, fold_conv_bn, inference_form
-from nni_sparsemask.fusion import EdgeConv
-from nni_sparsemask.metrics import INFERENCE_FORM, measure_fps
-from nni_sparsemask.space import FDNSpace
+from nni_sparsemask.fdn.backbones import build_backbone
+from nni_sparsemask.measure.deploy import fold_batchnorm, fold_conv_bn, inference_form
+from nni_sparsemask.fdn.fusion import EdgeConv
+from nni_sparsemask.measure.metrics import INFERENCE_FORM, measure_fps
+from nni_sparsemask.fdn.space import FDNSpace
 
 from helpers import randomise_bn
 

@@ -7,7 +7,7 @@ import pytest
 from helpers import TRIAL_TINY
 
 from nni_sparsemask import trial
-from nni_sparsemask.baselines.registry import DECODERS, STRATEGIES
+from nni_sparsemask.run.registry import DECODERS, STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -56,7 +56,7 @@ def test_every_config_validates_with_nni_config_classes(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["comparison-quick.yml", "remote.yml", "kubeflow.yml", "frameworkcontroller.yml"])
 def test_configs_plan_as_comparisons(name, tmp_path):
-    from nni_sparsemask.compare import plan_comparison
+    from nni_sparsemask.comparison.compare import plan_comparison
 
     plan = plan_comparison(_load_with_nni(name, tmp_path), name)
     assert plan.entries and not plan.notes
@@ -70,7 +70,7 @@ def test_configs_plan_as_comparisons(name, tmp_path):
 
 
 def test_paper_config_needs_the_voc_root_before_launching():
-    from nni_sparsemask.compare import load_config, plan_comparison
+    from nni_sparsemask.comparison.compare import load_config, plan_comparison
 
     config = load_config(EXPERIMENTS / "comparison.yml")  # NNI accepts it; the data set is the comparison's check
     assert config.trial_gpu_number == 1
@@ -260,7 +260,7 @@ def test_trial_refuses_other_settings_for_an_existing_entry(tmp_path):
 
 
 def test_failing_entry_raises_without_touching_other_run_dirs(tmp_path, monkeypatch, capsys):
-    import nni_sparsemask.workflow as workflow
+    import nni_sparsemask.run.steps as workflow
 
     results = tmp_path / "runs"
     other = results / "unet_seed=0" / "retrain"

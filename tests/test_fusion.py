@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from nni_sparsemask import fusion
-from nni_sparsemask.fusion import EdgeConv, FusionStage, fuse, naive_stage_forward, resize_to
+from nni_sparsemask.fdn.fusion import EdgeConv, FusionStage, fuse, naive_stage_forward, resize_to
 
 from helpers import randomise_bn
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from nni_sparsemask.losses import alpha_rule, binary_loss, l1_loss, lm, sparse_loss, sparsity_loss
+from nni_sparsemask.nas.losses import alpha_rule, binary_loss, l1_loss, lm, sparse_loss, sparsity_loss
 
 
 def _h(p, q):

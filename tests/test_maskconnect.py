@@ -14,8 +14,8 @@ from nni.nas.nn.pytorch import InputChoice, ModelSpace
 
 from nni_sparsemask.baselines.maskconnect import (L1, L1_LAMBDAS, MASKCONNECT_KS, MaskConnect, MaskConnectInput,
                                                   normalise_mask)
-from nni_sparsemask.space import FDNSpace
-from nni_sparsemask.strategy import SparseMask
+from nni_sparsemask.fdn.space import FDNSpace
+from nni_sparsemask.nas.strategy import SparseMask
 
 logging.getLogger("nni").setLevel(logging.ERROR)
 CONVNET = {"backbone": "convnet", "backbone_kwargs": {"widths": (4, 6, 8, 10)}}
@@ -142,7 +142,7 @@ def test_l1_is_sparsemask_with_the_l1_loss():
 
 
 def test_l1_trains_one_step_on_the_fdn_space():
-    from nni_sparsemask.strategy import SparseMaskLightningModule
+    from nni_sparsemask.nas.strategy import SparseMaskLightningModule
 
     torch.manual_seed(0)
     strategy = L1(lambda_sparse=1.0)
@@ -246,8 +246,8 @@ def test_maskconnect_finds_the_informative_pair_under_nas_experiment():
 
 def test_connectivity_of_an_fdn_search(tmp_path):
     """MaskConnect on FDNSpace with the project's Segmentation evaluator: top-k export -> pruned Connectivity."""
-    from nni_sparsemask.model import build_pruned
-    from nni_sparsemask.train import DigitScenesLoader, Segmentation
+    from nni_sparsemask.fdn.pruned import build_pruned
+    from nni_sparsemask.run.lightning import DigitScenesLoader, Segmentation
 
     torch.manual_seed(0)
     cache = str(tmp_path / "cache")

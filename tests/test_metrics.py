@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nni_sparsemask.metrics import (EdgeMetrics, FPSResult, ParamCount, SaliencyMetrics, SegmentationMetrics,
+from nni_sparsemask.measure.metrics import (EdgeMetrics, FPSResult, ParamCount, SaliencyMetrics, SegmentationMetrics,
                                     count_parameters, format_params, measure_fps)
 
 

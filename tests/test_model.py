@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from nni_sparsemask import Connectivity, FDNSpace, build_pruned
-from nni_sparsemask.backbones import build_backbone
-from nni_sparsemask.connectivity import Edge
-from nni_sparsemask.model import decoder_parameter_count
+from nni_sparsemask.fdn.backbones import build_backbone
+from nni_sparsemask.fdn.connectivity import Edge
+from nni_sparsemask.fdn.pruned import decoder_parameter_count
 from helpers import TINY, MNV2_INFO
 
 

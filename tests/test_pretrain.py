@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from nni_sparsemask.backbones import build_backbone
-from nni_sparsemask.pretrain import (PretrainConfig, _lr_at, cached_weights_path, pretrain_backbone,
+from nni_sparsemask.fdn.backbones import build_backbone
+from nni_sparsemask.run.pretrain import (PretrainConfig, _lr_at, cached_weights_path, pretrain_backbone,
                                      pretrained_backbone)
 
 TINY = dict(backbone="convnet", backbone_kwargs={"widths": [4, 8, 8, 8, 8]}, image_size=32, num_scenes=64,

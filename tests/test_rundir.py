@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from nni_sparsemask.rundir import RunDir, read_json
+from nni_sparsemask.run.rundir import RunDir, read_json
 
 
 def test_new_run_dir_writes_config(tmp_path):

@@ -3,7 +3,7 @@ import torch
 from nni.mutable import CategoricalMultiple
 
 from nni_sparsemask import FDNSpace
-from nni_sparsemask.connectivity import candidate_names
+from nni_sparsemask.fdn.connectivity import candidate_names
 from helpers import TINY
 
 

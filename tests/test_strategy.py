@@ -17,9 +17,9 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 
-from nni_sparsemask.strategy import (CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE, SparseMask,
+from nni_sparsemask.nas.strategy import (CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE, SparseMask,
                                      SparseMaskLightningModule, binarization_report)
-from nni_sparsemask.supermodule import SparseMixedInput
+from nni_sparsemask.nas.supermodule import SparseMixedInput
 
 INFORMATIVE = [1, 4]
 logging.getLogger("nni").setLevel(logging.ERROR)

@@ -5,8 +5,8 @@ from nni.mutable import frozen_context
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 from nni.nas.nn.pytorch.choice import ChosenInputs
 
-from nni_sparsemask.strategy import SparseMask
-from nni_sparsemask.supermodule import SparseMixedInput, init_arch_weights
+from nni_sparsemask.nas.strategy import SparseMask
+from nni_sparsemask.nas.supermodule import SparseMixedInput, init_arch_weights
 
 
 def make(w, reduction="sum", threshold=1e-3, label="c"):

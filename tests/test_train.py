@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nni_sparsemask import train as T
-from nni_sparsemask.train import (PolyLR, Segmentation, SegmentationModule, DigitScenesLoader, is_arch_parameter,
+from nni_sparsemask.run.lightning import (PolyLR, Segmentation, SegmentationModule, DigitScenesLoader, is_arch_parameter,
                                   poly_lr, split_parameters)
 
 DATA = dict(image_size=32, num_scenes=12)
@@ -243,8 +243,8 @@ def test_serves_as_evaluator_of_the_sparsemask_search(tmp_path):
 
     from nni.nas.experiment import NasExperiment
 
-    from nni_sparsemask.space import FDNSpace
-    from nni_sparsemask.strategy import SparseMask
+    from nni_sparsemask.fdn.space import FDNSpace
+    from nni_sparsemask.nas.strategy import SparseMask
 
     # NNI logs "Experiment stopped" at interpreter exit, after pytest closed its capture streams
     logging.getLogger("nni").setLevel(logging.ERROR)

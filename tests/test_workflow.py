@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from nni_sparsemask.connectivity import Connectivity
-from nni_sparsemask.pipeline import (DataConfig, ModelConfig, TrainConfig, build_network, check_connectivity,
+from nni_sparsemask.fdn.connectivity import Connectivity
+from nni_sparsemask.run.pipeline import (DataConfig, ModelConfig, TrainConfig, build_network, check_connectivity,
                                      evaluate_network, train_network)
-from nni_sparsemask.rundir import RunDir
-from nni_sparsemask.workflow import load_run_network, run_evaluate, run_prune, run_retrain, run_search
+from nni_sparsemask.run.rundir import RunDir
+from nni_sparsemask.run.steps import load_run_network, run_evaluate, run_prune, run_retrain, run_search
 
 WIDTHS = [4, 8, 8, 8, 8]
 MODEL = ModelConfig(backbone="convnet", backbone_kwargs={"widths": WIDTHS}, backbone_weights=None,
@@ -54,7 +54,7 @@ def test_model_and_train_config_errors():
 
 
 def test_voc_loaders_fail_with_the_expected_layout(tmp_path):
-    from nni_sparsemask.pipeline import make_loaders
+    from nni_sparsemask.run.pipeline import make_loaders
     with pytest.raises(FileNotFoundError, match="VOC2012"):
         make_loaders(DataConfig(dataset="voc", root=str(tmp_path / "nowhere")))
 
@@ -97,7 +97,7 @@ def test_evaluate_network_reports_per_class_iou_params_and_fps():
     assert m["fps_input"] == [32, 32] and m["fps_device"].startswith("cpu")
     assert m["fps_form"] == "BN folded, channels_last"  # the deployment form is what is timed
     # counted on the same input and form as the FPS
-    from nni_sparsemask.cost import inference_cost
+    from nni_sparsemask.measure.cost import inference_cost
     cost = inference_cost(net, 32, inference=True)
     assert (m["flops"], m["ops"], m["bytes_written"]) == (cost.flops, cost.ops, cost.bytes_written)
     assert cost.flops > 0 and cost.ops > 0 and cost.bytes_written > 0

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import build_backbone
-from .data.digitscenes import DigitScenes, cache_root
+from nni_sparsemask.fdn.backbones import build_backbone
+from nni_sparsemask.data.digitscenes import DigitScenes, cache_root
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain_backbone", "pretrained_backbone", "backbone_cache_dir",
            "cached_weights_path"]

@@ -23,9 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deploy import fold_bn
+__all__ = ["EdgeConv", "FusionStage", "fuse", "resize_to", "naive_stage_forward", "fold_bn"]
 
-__all__ = ["EdgeConv", "FusionStage", "fuse", "resize_to", "naive_stage_forward"]
+
+def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of ``bn(conv(x))`` (eval-mode ``bn``) for a convolution with ``weight`` and ``bias``:
+    ``W' = W * s``, ``b' = (b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)``. Differentiable."""
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return weight * scale.reshape(-1, *[1] * (weight.dim() - 1)), (bias - bn.running_mean) * scale + beta
 
 
 class EdgeConv(nn.Module):
@@ -107,7 +115,7 @@ class FusionStage(nn.Module):
 
 
 def _folded_affine(edge: EdgeConv, weight: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 1x1 kernel and bias of ``w * bn(conv(.))`` with BN in eval form (:func:`deploy.fold_bn`)."""
+    """The 1x1 kernel and bias of ``w * bn(conv(.))`` with BN in eval form (:func:`fold_bn`)."""
     kernel = edge.conv.weight[:, :, 0, 0]
     bias = edge.conv.bias if edge.conv.bias is not None else torch.zeros_like(kernel[:, 0])
     if edge.bn is not None:

@@ -5,7 +5,7 @@ Stage names: ``E1..EL`` (encoder stage outputs, shallow to deep), ``G`` (global-
 
     T_l = [E_l, E_{l+1}, ..., E_L,  D_{l+1}, ..., D_L,  G]        (|T_l| = 2 (L - l) + 2)
 
-which is also the candidate order of the NNI ``InputChoice`` labelled ``D{l}`` in :class:`~nni_sparsemask.space.FDNSpace`.
+which is also the candidate order of the NNI ``InputChoice`` labelled ``D{l}`` in :class:`~nni_sparsemask.fdn.space.FDNSpace`.
 The head reads the ``output`` stage (``D1`` unless duplicate merging moved it).
 
 Pruning (section 3.3): drop edges with w < sigma; repeatedly drop stages without inputs and stages whose output no
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .backbones import FeatureInfo
+from nni_sparsemask.fdn.backbones import FeatureInfo
 
 __all__ = ["Edge", "Connectivity", "SCHEMA_VERSION", "candidate_names"]
 
@@ -213,7 +213,7 @@ class Connectivity:
         """
         backbone_kwargs = dict(backbone_kwargs or {})
         if feature_info is None:
-            from .backbones import build_backbone
+            from nni_sparsemask.fdn.backbones import build_backbone
 
             feature_info = build_backbone(backbone, **backbone_kwargs).feature_info
         new_info = list(feature_info)

@@ -63,13 +63,13 @@ def _format_value(value: Any) -> str:
 
 
 def _known_methods() -> str:
-    from .baselines.registry import DECODERS, STRATEGIES
+    from nni_sparsemask.run.registry import DECODERS, STRATEGIES
     return f"strategies {', '.join(STRATEGIES)}; hand-designed decoders {', '.join(DECODERS)}"
 
 
 def parse_entry(parameters: Any) -> GridEntry:
     """The :class:`GridEntry` of one trial's parameters (see the module docstring); ``ValueError`` when invalid."""
-    from .baselines.registry import DECODERS, STRATEGIES, validate_strategy_args
+    from nni_sparsemask.run.registry import DECODERS, STRATEGIES, validate_strategy_args
 
     if not isinstance(parameters, Mapping):
         raise ValueError(f"trial parameters must be an object such as {{'params': {{'_name': 'fcn'}}, 'seed': 0}}, "

@@ -1,6 +1,6 @@
 """``SparseMask``: the one-shot NNI strategy of section 3.2, for any space with ``InputChoice(n_chosen=None)``.
 
-Every ``InputChoice(n_chosen=None)`` becomes a :class:`~nni_sparsemask.supermodule.SparseMixedInput` with
+Every ``InputChoice(n_chosen=None)`` becomes a :class:`~nni_sparsemask.nas.supermodule.SparseMixedInput` with
 weights ``w_l in [0, 1]^{|T_l|}``; the supernet is trained with (Eq. 3)
 
     L = L_task + lambda * sum_l R(w_l),     alpha_l = min(2 / |T_l|, 0.5)   (Eq. 5)
@@ -52,8 +52,8 @@ from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from torch import nn
 
-from .losses import DEFAULT_EPS, alpha_rule, binary_loss, l1_loss, sparsity_loss
-from .supermodule import SparseMixedInput, init_arch_weights
+from nni_sparsemask.nas.losses import DEFAULT_EPS, alpha_rule, binary_loss, l1_loss, sparsity_loss
+from nni_sparsemask.nas.supermodule import SparseMixedInput, init_arch_weights
 
 __all__ = ["SparseMask", "SparseMaskConfig", "SparseMaskLightningModule", "binarization_report",
            "LOSSES", "OPTIMIZATIONS"]

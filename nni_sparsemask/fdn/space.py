@@ -1,19 +1,19 @@
 """The Fully Dense Network (section 3.1) as an NNI model space.
 
 ``FDNSpace`` = encoder (E_1..E_L, G) + decoder stages D_L..D_1 + head. Decoder stage D_l has the resolution of
-E_l and picks any subset of T_l = [E_l..E_L, D_{l+1}..D_L, G] (see :func:`~nni_sparsemask.connectivity.candidate_names`
+E_l and picks any subset of T_l = [E_l..E_L, D_{l+1}..D_L, G] (see :func:`~nni_sparsemask.fdn.connectivity.candidate_names`
 for the order) through one ``InputChoice(n_chosen=None, reduction="none")`` labelled ``D{l}``. The choice returns
-the (weighted, in a supernet) list of chosen edge outputs; the stage sums them with :func:`~nni_sparsemask.fusion.fuse`,
+the (weighted, in a supernet) list of chosen edge outputs; the stage sums them with :func:`~nni_sparsemask.fdn.fusion.fuse`,
 which upsamples once per source resolution (Eq. 4, Theorems 1-2). The head (ReLU6, 1x1 conv to classes, bilinear
 upsampling to the input size) reads D_1.
 
 How the space runs:
 
 * raw, unmutated: dense mode (every edge on, w = 1): the FDN super-network itself;
-* mutated by :class:`~nni_sparsemask.strategy.SparseMask`: every choice becomes a ``SparseMixedInput`` with w in [0, 1];
+* mutated by :class:`~nni_sparsemask.nas.strategy.SparseMask`: every choice becomes a ``SparseMixedInput`` with w in [0, 1];
 * frozen by a multi-trial strategy: only the chosen edges are computed; a stage left without inputs is dead.
 
-For a final network without NNI, per-edge BN or w, use :func:`~nni_sparsemask.model.build_pruned`.
+For a final network without NNI, per-edge BN or w, use :func:`~nni_sparsemask.fdn.pruned.build_pruned`.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from nni.nas.nn.pytorch import InputChoice, ModelSpace
 from nni.nas.nn.pytorch.choice import ChosenInputs
 from torch import nn
 
-from .backbones import FeatureInfo, build_backbone
-from .connectivity import Connectivity, candidate_names
-from .fusion import EdgeConv, fuse, resize_to
+from nni_sparsemask.fdn.backbones import FeatureInfo, build_backbone
+from nni_sparsemask.fdn.connectivity import Connectivity, candidate_names
+from nni_sparsemask.fdn.fusion import EdgeConv, fuse, resize_to
 
 __all__ = ["FDNSpace", "SegmentationHead", "check_model_args"]
 
@@ -55,7 +55,7 @@ class FDNSpace(ModelSpace):
 
     Parameters
     ----------
-    backbone: a registered backbone name (``nni_sparsemask.backbones.available_backbones()``).
+    backbone: a registered backbone name (``nni_sparsemask.fdn.backbones.available_backbones()``).
     num_classes: output channels of the head.
     decoder_channels: channels of every decoder stage (C_dec).
     backbone_weights: ``None``, a local state_dict file, or a cached torchvision weights name.

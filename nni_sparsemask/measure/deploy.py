@@ -15,7 +15,7 @@ Folding BN (eval mode: ``y = gamma (conv(x) - mean) / sqrt(var + eps) + beta``) 
 ``W' = W * s`` and ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)`` per output channel; the
 output is unchanged up to float rounding (tested). Folded: a ``BatchNorm2d`` right after a ``Conv2d`` in an
 ``nn.Sequential`` (convnet, MobileNetV2, VGG-BN, ResNet downsample), the ``convN``/``bnN`` pairs of torchvision's
-ResNet blocks and the per-edge BN of :class:`~nni_sparsemask.fusion.EdgeConv`.
+ResNet blocks and the per-edge BN of :class:`~nni_sparsemask.fdn.fusion.EdgeConv`.
 """
 from __future__ import annotations
 
@@ -24,21 +24,13 @@ import copy
 import torch
 from torch import nn
 
+from nni_sparsemask.fdn.fusion import EdgeConv, fold_bn
+
 __all__ = ["fold_bn", "fold_conv_bn", "fold_batchnorm", "inference_form", "as_measured", "AS_GIVEN", "INFERENCE_FORM"]
 
 #: names of the two forms a network is timed (``metrics.measure_fps``) and counted (``cost.inference_cost``) in
 AS_GIVEN = "as given"
 INFERENCE_FORM = "BN folded, channels_last"
-
-
-def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of ``bn(conv(x))`` (eval-mode ``bn``) for a convolution with ``weight`` and ``bias``:
-    ``W' = W * s``, ``b' = (b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)``. Differentiable."""
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
-    return weight * scale.reshape(-1, *[1] * (weight.dim() - 1)), (bias - bn.running_mean) * scale + beta
 
 
 @torch.no_grad()
@@ -68,7 +60,6 @@ def fold_batchnorm(module: nn.Module) -> int:
                          "statistics")
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
-    from .fusion import EdgeConv
 
     folded = 0
     for parent in list(module.modules()):

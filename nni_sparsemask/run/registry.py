@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from nni_sparsemask.backbones import FeatureInfo
+from nni_sparsemask.fdn.backbones import FeatureInfo
 
 __all__ = ["Registry", "Param", "DecoderEntry", "StrategyEntry", "ConnectivitySampler", "DECODERS", "STRATEGIES",
            "decoder_connectivity", "build_decoder", "validate_strategy_args", "build_strategy",
@@ -82,7 +82,7 @@ class DecoderEntry:
 
 
 def _decoders() -> Registry[DecoderEntry]:
-    from . import decoders as d
+    from nni_sparsemask.baselines import decoders as d
 
     reg: Registry[DecoderEntry] = Registry("decoder")
     reg.register("fcn", DecoderEntry("fcn", "FCN: D1 <- E_L only", d.fcn))
@@ -111,7 +111,7 @@ def decoder_connectivity(name: str, backbone: str = "mobilenet_v2", feature_info
                          f"use build_decoder({name!r}, ...) for the network. FDN-space decoders: "
                          f"{', '.join(n for n in DECODERS if DECODERS[n].in_fdn_space)}")
     if feature_info is None:
-        from nni_sparsemask.backbones import build_backbone
+        from nni_sparsemask.fdn.backbones import build_backbone
 
         feature_info = build_backbone(backbone, **dict(backbone_kwargs or {})).feature_info
     return entry.connectivity(backbone, feature_info, backbone_kwargs)
@@ -128,12 +128,12 @@ def build_decoder(name: str, backbone: str = "mobilenet_v2", num_classes: int = 
     entry = DECODERS.get(name)
     channels = entry.default_channels if decoder_channels is None else decoder_channels
     if entry.connectivity is None:
-        from .deeplab import DeepLabV3
+        from nni_sparsemask.baselines.deeplab import DeepLabV3
 
         return DeepLabV3(backbone, num_classes, aspp_channels=channels, backbone_weights=backbone_weights,
                          backbone_kwargs=backbone_kwargs)
-    from nni_sparsemask.backbones import build_backbone
-    from nni_sparsemask.model import build_pruned
+    from nni_sparsemask.fdn.backbones import build_backbone
+    from nni_sparsemask.fdn.pruned import build_pruned
 
     encoder = build_backbone(backbone, weights=backbone_weights, **dict(backbone_kwargs or {}))
     conn = entry.connectivity(backbone, encoder.feature_info, backbone_kwargs)
@@ -194,26 +194,26 @@ class ConnectivitySampler:
     seed: int = 0
 
     def sample(self, backbone: str, feature_info: list[FeatureInfo], backbone_kwargs: dict[str, Any] | None = None):
-        from .samplers import rand_rule_connectivities, random_connectivities
+        from nni_sparsemask.baselines.samplers import rand_rule_connectivities, random_connectivities
 
         fn = {"random": random_connectivities, "rand_rule": rand_rule_connectivities}[self.kind]
         return fn(backbone, feature_info, self.samples, self.density, self.seed, backbone_kwargs)
 
 
 def _sparsemask(**kw):
-    from nni_sparsemask.strategy import SparseMask
+    from nni_sparsemask.nas.strategy import SparseMask
 
     return SparseMask(**kw)
 
 
 def _maskconnect(**kw):
-    from .maskconnect import MaskConnect
+    from nni_sparsemask.baselines.maskconnect import MaskConnect
 
     return MaskConnect(**kw)
 
 
 def _l1(**kw):
-    from .maskconnect import L1
+    from nni_sparsemask.baselines.maskconnect import L1
 
     return L1(**kw)
 

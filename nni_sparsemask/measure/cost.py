@@ -12,7 +12,7 @@ bound it from the three regimes a forward pass can be in:
   with slow memory) pays at least once.
 
 Counted on one forward pass of random input, under ``torch.no_grad`` and in eval mode; ``inference=True`` counts
-the deployment form (:func:`nni_sparsemask.deploy.inference_form`), the form ``measure_fps(inference=True)`` times.
+the deployment form (:func:`nni_sparsemask.measure.deploy.inference_form`), the form ``measure_fps(inference=True)`` times.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from .deploy import as_measured
+from nni_sparsemask.measure.deploy import as_measured
 
 __all__ = ["InferenceCost", "inference_cost"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .rundir import RunDir
+from nni_sparsemask.run.rundir import RunDir
 
 __all__ = ["DemoConfig", "run_demo", "demo_table"]
 
@@ -53,7 +53,7 @@ class DemoConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"demo {name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-        from .baselines.registry import DECODERS
+        from nni_sparsemask.run.registry import DECODERS
         for name in self.baselines:
             DECODERS.get(name)
         if "fdn" in self.baselines:
@@ -69,9 +69,9 @@ def fps_side_by_side(runs: dict[str, Path], size: int, rounds: int = 5, seconds:
     Returns ``{"fps": {name: best pass}, "rounds": [{name: fps} per pass], "device": str}``: the best pass of each
     network is the least disturbed one; the passes show how much the machine moved the numbers.
     """
-    from .metrics import measure_fps
-    from .pipeline import default_device
-    from .workflow import load_run_network
+    from nni_sparsemask.measure.metrics import measure_fps
+    from nni_sparsemask.run.pipeline import default_device
+    from nni_sparsemask.run.steps import load_run_network
 
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -118,9 +118,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     """Run the demo into ``out``; returns ``{"rows": [...], "seconds": {...}}`` (also in ``out/demo.json``)."""
     import torch
 
-    from .deploy import AS_GIVEN
-    from .pipeline import DataConfig, ModelConfig, TrainConfig, resolve_backbone_weights
-    from .workflow import format_iou, run_retrain, run_search
+    from nni_sparsemask.measure.deploy import AS_GIVEN
+    from nni_sparsemask.run.pipeline import DataConfig, ModelConfig, TrainConfig, resolve_backbone_weights
+    from nni_sparsemask.run.steps import format_iou, run_retrain, run_search
 
     cfg = cfg or DemoConfig()
     run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume)

@@ -11,11 +11,11 @@ pixel-wise cross-entropy with ``ignore_index=255``.
 Model contract: ``model(x)`` returns logits ``(N, num_classes, H, W)`` at the input size; ``model.encoder``,
 when present, is the backbone (its parameters get ``learning_rate``, all others ``decoder_lr_mult *
 learning_rate``). Parameters whose name satisfies :func:`is_arch_parameter` (architecture weights, e.g. the
-``_arch_w`` of :class:`~nni_sparsemask.supermodule.SparseMixedInput`) are left out: the strategy optimises them.
+``_arch_w`` of :class:`~nni_sparsemask.nas.supermodule.SparseMixedInput`) are left out: the strategy optimises them.
 
 Use it as NNI's ``Classification``::
 
-    from nni_sparsemask.train import Segmentation, DigitScenesLoader
+    from nni_sparsemask.run.lightning import Segmentation, DigitScenesLoader
     evaluator = Segmentation(num_classes=11, learning_rate=0.005,
                              train_dataloaders=DigitScenesLoader(split="train", batch_size=16, shuffle=True),
                              val_dataloaders=DigitScenesLoader(split="val", batch_size=16),
@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from nni.nas.evaluator.pytorch.lightning import DataLoader, Lightning, LightningModule, Trainer
 from torch import Tensor, nn
 
-from .data.digitscenes import DigitScenes
-from .metrics import SegmentationMetrics
+from nni_sparsemask.data.digitscenes import DigitScenes
+from nni_sparsemask.measure.metrics import SegmentationMetrics
 
 __all__ = [
     "SegmentationTrainConfig", "SegmentationModule", "Segmentation", "PolyLR", "poly_lr", "is_arch_parameter",
@@ -165,7 +165,7 @@ class SegmentationTrainConfig:
 
 
 def segmentation_scores(metrics: SegmentationMetrics) -> dict[str, float]:
-    """``miou`` and ``pixacc`` of :class:`~nni_sparsemask.metrics.SegmentationMetrics` (mIoU over the classes
+    """``miou`` and ``pixacc`` of :class:`~nni_sparsemask.measure.metrics.SegmentationMetrics` (mIoU over the classes
     present in the target or the prediction), plus ``fg_iou``: the IoU of classes ``1..C-1`` merged (the
     foreground) against class 0, which shows a collapse to "background only" that mIoU hides."""
     scores = metrics.compute()

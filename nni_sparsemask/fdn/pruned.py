@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import Encoder, build_backbone
-from .connectivity import Connectivity
-from .fusion import FusionStage
-from .space import SegmentationHead, check_model_args
+from nni_sparsemask.fdn.backbones import Encoder, build_backbone
+from nni_sparsemask.fdn.connectivity import Connectivity
+from nni_sparsemask.fdn.fusion import FusionStage
+from nni_sparsemask.fdn.space import SegmentationHead, check_model_args
 
 __all__ = ["PrunedFDN", "build_pruned", "decoder_parameter_count"]
 

@@ -2,7 +2,7 @@
 
 1. Checks the config before anything starts: NNI's own config classes (``nni.experiment.config.ExperimentConfig``:
    fields, types, training service), then the comparison's grid (every entry a known strategy or decoder with
-   valid hyper-parameters, see :mod:`.trial`) and the trial settings of the ``nni_sparsemask.trial`` command.
+   valid hyper-parameters, see :mod:`.trial`) and the trial settings of the ``nni_sparsemask.comparison.trial`` command.
 2. Starts the experiment (``--resume ID``: continues a stopped one; GridSearch skips the finished entries and
    every trial reuses a finished run directory). On the ``local`` training service NNI's manager is kept on
    127.0.0.1 (:mod:`.manager`: its REST API and web UI have no authentication). Cluster training services need
@@ -11,7 +11,7 @@
    Table 1, Fig. 4, Fig. 5) into ``--results`` (default ``reports/<experiment id>``) and stops the manager by
    its own process id. Ctrl-C (or SIGTERM) stops it too; ``--resume ID`` carries on later.
 
-Wire it into the ``sparsemask`` command with :func:`register_cli`; ``python -m nni_sparsemask.compare`` runs it
+Wire it into the ``sparsemask`` command with :func:`register_cli`; ``python -m nni_sparsemask.comparison.compare`` runs it
 alone.
 """
 from __future__ import annotations
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from .manager import manifest_entry, nni_error_line, start_experiment, stop_experiment
+from nni_sparsemask.comparison.manager import manifest_entry, nni_error_line, start_experiment, stop_experiment
 
 __all__ = ["ComparisonPlan", "load_config", "plan_comparison", "run_compare", "register_cli", "main"]
 
-TRIAL_MODULE = "nni_sparsemask.trial"
+TRIAL_MODULE = "nni_sparsemask.comparison.trial"
 FINISHED_STATUSES = ("DONE", "STOPPED", "ERROR")
 #: GridSearch ends with "no more trial" (NNI sets DONE only at maxTrialNumber): done once no trial is active
 NO_MORE_TRIAL_STATUSES = ("NO_MORE_TRIAL", "TUNER_NO_MORE_TRIAL")
@@ -86,7 +86,7 @@ class ComparisonPlan:
     Attributes:
         config: the ``ExperimentConfig`` (as loaded; NNI canonicalises it again on start).
         platform: the training service (``local``, ``remote``, ...; ``hybrid`` for a list).
-        entries: the grid (``trial.GridEntry`` list), None when the trial command is not ``nni_sparsemask.trial``.
+        entries: the grid (``trial.GridEntry`` list), None when the trial command is not ``nni_sparsemask.comparison.trial``.
         settings: the trial's ``TrialSettings`` (None likewise).
         results_root: where the trials write run directories, when it is on this machine (``local``), else None.
         notes: remarks for the user (e.g. a tuner other than GridSearch).
@@ -121,7 +121,7 @@ def _trial_commands(canonical: Any) -> list[str]:
 
 
 def _trial_args(command: str) -> Optional[list[str]]:
-    """The arguments given to ``python -m nni_sparsemask.trial`` in a trial command (None when absent)."""
+    """The arguments given to ``python -m nni_sparsemask.comparison.trial`` in a trial command (None when absent)."""
     try:
         tokens = shlex.split(command)
     except ValueError as err:
@@ -138,8 +138,8 @@ def _trial_args(command: str) -> Optional[list[str]]:
 
 def plan_comparison(config: Any, where: str = "config") -> ComparisonPlan:
     """Check ``config`` as a comparison: the grid, the trial settings, the data set root (local runs)."""
-    from .grid import check_search_space
-    from .trial import build_parser, settings_from_args
+    from nni_sparsemask.comparison.grid import check_search_space
+    from nni_sparsemask.comparison.trial import build_parser, settings_from_args
 
     canonical = validate_config(config, where)
     ts = canonical.training_service
@@ -168,7 +168,7 @@ def plan_comparison(config: Any, where: str = "config") -> ComparisonPlan:
     if platform == "local":
         results_root = (Path(ts.trial_code_directory) / args.results).resolve()
         if settings.data.dataset == "voc":
-            from .data.voc import resolve_sbd_root, resolve_voc_root
+            from nni_sparsemask.data.voc import resolve_sbd_root, resolve_voc_root
             try:
                 resolve_voc_root(settings.data.root)
                 if settings.data.sbd_root:
@@ -364,7 +364,7 @@ def run_compare(config: Optional[str | Path] = None, *, resume: Optional[str] = 
 
 
 def _write_report(experiment: Any, report_dir: Path, overwrite: bool, log: Log) -> None:
-    from .analysis import write_report
+    from nni_sparsemask.analysis import write_report
 
     try:
         path = write_report(_ExperimentSource(experiment), report_dir, overwrite=overwrite)
@@ -382,12 +382,12 @@ def _user_host() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``compare`` subcommand to the ``sparsemask`` parser's ``subparsers`` (its ``func`` runs it)."""
-    p = subparsers.add_parser(
-        "compare", help="every strategy side by side as an NNI experiment (manager on 127.0.0.1), then the report",
-        description="Check the experiment config, start it (NNI's manager on 127.0.0.1 for the local training "
-                    "service), follow the trials, write the report, stop the manager.")
+DESCRIPTION = ("Check the experiment config, start it (NNI's manager on 127.0.0.1 for the local training service), "
+               "follow the trials, write the report, stop the manager.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of ``sparsemask compare`` (and of ``python -m nni_sparsemask.comparison.compare``)."""
     p.add_argument("config", nargs="?", default=None,
                    help="nnictl experiment config, e.g. experiments/comparison-quick.yml (optional with --resume)")
     p.add_argument("--resume", metavar="EXPERIMENT_ID", default=None,
@@ -403,6 +403,13 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def register_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``compare`` subcommand to the ``sparsemask`` parser's ``subparsers`` (its ``func`` runs it)."""
+    return add_arguments(subparsers.add_parser(
+        "compare", help="every strategy side by side as an NNI experiment (manager on 127.0.0.1), then the report",
+        description=DESCRIPTION))
+
+
 def _command(args: argparse.Namespace) -> int:
     try:
         return run_compare(args.config, resume=args.resume, port=args.port, results=args.results,
@@ -413,9 +420,15 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m nni_sparsemask.compare ARGS`` = ``sparsemask compare ARGS``."""
-    from .cli import main as cli_main
-    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
+    """``python -m nni_sparsemask.comparison.compare ARGS`` = ``sparsemask compare ARGS``."""
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m nni_sparsemask.comparison.compare",
+                                                   description=DESCRIPTION))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"sparsemask compare: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .deploy import AS_GIVEN, INFERENCE_FORM, as_measured
+from nni_sparsemask.measure.deploy import AS_GIVEN, INFERENCE_FORM, as_measured
 
 __all__ = [
     "SegmentationMetrics",
@@ -459,7 +459,7 @@ def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512
     parameters; otherwise the model is **moved** to ``device``. ``num_threads`` defaults to
     ``torch.get_num_threads()`` (the Timer would otherwise use 1 thread).
 
-    ``inference=True`` times the deployment form instead (:func:`nni_sparsemask.deploy.inference_form`: a copy
+    ``inference=True`` times the deployment form instead (:func:`nni_sparsemask.measure.deploy.inference_form`: a copy
     with BN folded and ``channels_last`` weights, fed ``channels_last`` input); ``model`` is left as it was.
     """
     from torch.utils import benchmark

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .connectivity import Connectivity
-from .pipeline import (DataConfig, ModelConfig, TrainConfig, build_network, check_connectivity, config_from_dict,
+from nni_sparsemask.fdn.connectivity import Connectivity
+from nni_sparsemask.run.pipeline import (DataConfig, ModelConfig, TrainConfig, build_network, check_connectivity, config_from_dict,
                        evaluate_network, load_weights, make_loaders, resolve_backbone_weights, save_weights, seed_all,
                        train_network)
-from .rundir import RunDir, read_json
+from nni_sparsemask.run.rundir import RunDir, read_json
 
 __all__ = ["run_search", "run_prune", "run_retrain", "run_evaluate", "load_run_network", "SEARCH_DONE"]
 
@@ -41,7 +41,7 @@ def _base_config(command: str, method: str, params: dict[str, Any], seed: int, d
 
 def _heatmap(conn: Connectivity, path: Path, title: str, log: Log) -> None:
     try:
-        from .analysis import plot_w_heatmaps, save_figure
+        from nni_sparsemask.analysis import plot_w_heatmaps, save_figure
         save_figure(plot_w_heatmaps({title: conn}), path)
     except Exception as err:  # the figure is a convenience; the JSON files are the result
         log(f"(heatmap not written: {err})")
@@ -53,7 +53,7 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
                arc_learning_rate: float = 0.02, overwrite: bool = False, resume: bool = False,
                progress: bool = True, accelerator: str = "auto", log: Log = print) -> dict[str, Any]:
     """Search a decoder of the FDN space with ``strategy`` (see ``baselines.STRATEGIES``) on ``data``."""
-    from .baselines.registry import STRATEGIES, build_strategy, validate_strategy_args
+    from nni_sparsemask.run.registry import STRATEGIES, build_strategy, validate_strategy_args
 
     entry = STRATEGIES.get(strategy)
     params = validate_strategy_args(strategy, strategy_args)
@@ -69,7 +69,7 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     meta = {"method": strategy, "params": params, "num_classes": data.num_classes, "dataset": data.dataset}
     t0 = time.time()
     if entry.kind == "sampler":
-        from .backbones import build_backbone
+        from nni_sparsemask.fdn.backbones import build_backbone
         sampler = build_strategy(strategy, params)
         info = build_backbone(model.backbone, **model.backbone_kwargs).feature_info
         conns = sampler.sample(model.backbone, info, model.backbone_kwargs)
@@ -84,8 +84,8 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     else:
         from nni.nas.experiment import NasExperiment
 
-        from .space import FDNSpace
-        from .train import Segmentation
+        from nni_sparsemask.fdn.space import FDNSpace
+        from nni_sparsemask.run.lightning import Segmentation
 
         weights = resolve_backbone_weights(model, data, log, progress=progress)
         seed_all(int(params.get("seed", 0)))  # the decoder's initial weights
@@ -133,7 +133,7 @@ def run_prune(search_dir: str | Path, out: str | Path, threshold: float, *, over
     conn = full.prune(threshold)
     conn.meta = dict(conn.meta, params=config["params"])
     conn.to_json(run.file("connectivity.json"), overwrite=True)
-    from .strategy import binarization_report  # the search's own definition of the gap, at the new sigma
+    from nni_sparsemask.nas.strategy import binarization_report  # the search's own definition of the gap, at the new sigma
     weights: dict[str, list[float]] = {}
     for e in full.edges:
         weights.setdefault(e.target, []).append(e.weight)
@@ -176,7 +176,7 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                 extra = {k: found[k] for k in ("binarization_gap", "search_seconds") if found.get(k) is not None}
                 break
     else:
-        from .baselines.registry import DECODERS
+        from nni_sparsemask.run.registry import DECODERS
         DECODERS.get(decoder)  # unknown name -> clear error before anything is written
         method, params = method or decoder, dict(params or {})
     config = _base_config("retrain", method, params, train.seed, data, model)
@@ -192,7 +192,7 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
     net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=weights)
     layout = conn  # the decoder's edges (None for DeepLabV3, a head of its own)
     if conn is None and decoder != "deeplabv3":
-        from .baselines import decoder_connectivity
+        from nni_sparsemask.run.registry import decoder_connectivity
         layout = decoder_connectivity(decoder, model.backbone, net.encoder.feature_info, model.backbone_kwargs)
     if layout is not None:
         layout.to_json(run.file("connectivity.json"), overwrite=True)
@@ -236,7 +236,7 @@ def run_evaluate(run_dir: str | Path, *, fps_size: int = 512, fps_batch: int = 1
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     net, data, _ = load_run_network(run_dir)
     scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, device=device, progress=progress)
-    from .rundir import write_json_atomic
+    from nni_sparsemask.run.rundir import write_json_atomic
     write_json_atomic(target, scores)
     return scores
 

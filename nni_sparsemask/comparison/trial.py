@@ -1,4 +1,4 @@
-"""The trial of the strategy comparison: one grid entry end to end (``python -m nni_sparsemask.trial``).
+"""The trial of the strategy comparison: one grid entry end to end (``python -m nni_sparsemask.comparison.trial``).
 
 The comparison is an NNI HPO experiment (``experiments/comparison*.yml``, GridSearch tuner) whose trials each run
 one entry of the grid::
@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from .grid import GridEntry, check_search_space, expand_search_space, parse_entry
-from .pipeline import PRETRAINED, DataConfig, ModelConfig, TrainConfig, checked_fields, config_from_dict
+from nni_sparsemask.comparison.grid import GridEntry, check_search_space, expand_search_space, parse_entry
+from nni_sparsemask.run.pipeline import PRETRAINED, DataConfig, ModelConfig, TrainConfig, checked_fields, config_from_dict
 
 __all__ = ["TrialSettings", "GridEntry", "PRESETS", "preset_settings", "parse_entry", "expand_search_space",
            "check_search_space", "run_entry", "build_parser", "settings_from_args", "main"]
@@ -97,7 +97,7 @@ class TrialSettings:
         if not isinstance(self.pretrain, dict):
             raise ValueError(f"trial setting pretrain must be an object of PretrainConfig fields, got "
                              f"{self.pretrain!r}")
-        from .pretrain import PretrainConfig
+        from nni_sparsemask.run.pretrain import PretrainConfig
         unknown = sorted(set(self.pretrain) - {f.name for f in dataclasses.fields(PretrainConfig)})
         if unknown:
             raise ValueError(f"trial setting pretrain: unknown PretrainConfig field(s) {unknown}")
@@ -253,7 +253,7 @@ def _retrain(out: Path, entry: GridEntry, settings: TrialSettings, model: ModelC
              connectivity: Optional[Path], *, report: bool, progress: bool, log: Log) -> dict[str, Any]:
     """``workflow.run_retrain`` of the entry (resumable), reporting every epoch to NNI and keeping the grid entry's
     own ``params`` (a sampler's ``sample``) in the results."""
-    from .workflow import run_retrain
+    from nni_sparsemask.run.steps import run_retrain
 
     train = TrainConfig(epochs=settings.retrain_epochs, learning_rate=settings.retrain_lr, seed=entry.seed)
     decoder = entry.method if entry.kind == "decoder" else None
@@ -273,7 +273,7 @@ def run_entry(entry: GridEntry, settings: TrialSettings, results: str | Path, *,
     interrupted one resumes; an entry directory written with other settings is refused (``ValueError``). On an
     exception the traceback is saved in the entry's ``error.txt`` and the exception propagates.
     """
-    from .rundir import RunDir, read_json
+    from nni_sparsemask.run.rundir import RunDir, read_json
 
     results = Path(results)
     entry_dir = results / entry.key
@@ -304,14 +304,14 @@ def run_entry(entry: GridEntry, settings: TrialSettings, results: str | Path, *,
 
 def _run_entry(entry: GridEntry, settings: TrialSettings, entry_dir: Path, *, report: bool, progress: bool,
                log: Log) -> dict[str, Any]:
-    from .pipeline import resolve_backbone_weights
-    from .workflow import run_search
+    from nni_sparsemask.run.pipeline import resolve_backbone_weights
+    from nni_sparsemask.run.steps import run_search
 
     model = settings.model
     if model.backbone_weights is not None:
         # one file for the search and the retraining; pre-trained once per machine (the lock keeps concurrent
         # trials from training the same cached backbone side by side)
-        from .pretrain import backbone_cache_dir
+        from nni_sparsemask.run.pretrain import backbone_cache_dir
         with _file_lock(backbone_cache_dir() / ".pretrain.lock"):
             weights = resolve_backbone_weights(model, settings.data, log, settings.pretrain, progress=progress)
         model = dataclasses.replace(model, backbone_weights=weights)
@@ -333,7 +333,7 @@ def _run_entry(entry: GridEntry, settings: TrialSettings, entry_dir: Path, *, re
 # ------------------------------------------------------------------------------------------------ command line
 def build_parser(parser_class: type = argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The trial's command line (``parser_class``: e.g. one that raises instead of exiting, to check a config)."""
-    p = parser_class(prog="python -m nni_sparsemask.trial",
+    p = parser_class(prog="python -m nni_sparsemask.comparison.trial",
                                 description="One entry of the strategy comparison, as an NNI trial (parameters from "
                                             "nni.get_next_parameter(), or --params outside NNI).")
     p.add_argument("--results", default="runs/comparison",

@@ -24,8 +24,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from .connectivity import Connectivity
-from .rundir import RunDir
+from nni_sparsemask.fdn.connectivity import Connectivity
+from nni_sparsemask.run.rundir import RunDir
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "DATASETS", "make_loaders", "resolve_backbone_weights",
            "build_network", "train_network", "evaluate_network", "check_connectivity", "class_names",
@@ -76,7 +76,7 @@ class DataConfig:
     def num_classes(self) -> int:
         if self.dataset == "voc":
             return 21
-        from .data.digitscenes import NUM_CLASSES
+        from nni_sparsemask.data.digitscenes import NUM_CLASSES
         return NUM_CLASSES[self.task]
 
 
@@ -98,7 +98,7 @@ class ModelConfig:
     decoder_channels: int = 32
 
     def __post_init__(self) -> None:
-        from .backbones import available_backbones
+        from nni_sparsemask.fdn.backbones import available_backbones
         object.__setattr__(self, "backbone_kwargs", json.loads(json.dumps(dict(self.backbone_kwargs or {}))))
         if self.backbone not in available_backbones():
             raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(available_backbones())}")
@@ -145,7 +145,7 @@ def config_from_dict(cls, data: Any, where: str):
 # ------------------------------------------------------------------------------------------------ data
 def class_names(data: DataConfig) -> list[str]:
     if data.dataset == "voc":
-        from .data.voc import VOC_CLASSES
+        from nni_sparsemask.data.voc import VOC_CLASSES
         return list(VOC_CLASSES)
     if data.task == "segmentation":
         return ["background"] + [f"digit {d}" for d in range(10)]
@@ -157,15 +157,15 @@ def make_loaders(data: DataConfig) -> tuple[Any, Any]:
     from nni.nas.evaluator.pytorch.lightning import DataLoader
 
     if data.dataset == "digitscenes":
-        from .train import DigitScenesLoader
+        from nni_sparsemask.run.lightning import DigitScenesLoader
         common = dict(task=data.task, image_size=data.image_size, seed=data.seed)
         train = DigitScenesLoader(batch_size=data.batch_size, shuffle=True, drop_last=True, split="train",
                                   num_scenes=data.train_scenes, **common)
         val = DigitScenesLoader(batch_size=4 * data.batch_size, split="val", num_scenes=data.val_scenes, **common)
         return train, val
     import nni
-    from .data.transforms import eval_transform, train_transform
-    from .data.voc import VOCSegmentation, resolve_voc_root
+    from nni_sparsemask.data.transforms import eval_transform, train_transform
+    from nni_sparsemask.data.voc import VOCSegmentation, resolve_voc_root
     resolve_voc_root(data.root)  # a missing root fails here, with the expected layout
     image_set = "train_aug" if data.sbd_root else "train"
     train_set = nni.trace(VOCSegmentation)(data.root, image_set, sbd_root=data.sbd_root,
@@ -183,7 +183,7 @@ def resolve_backbone_weights(model: ModelConfig, data: DataConfig, log: Callable
     trained on first use with :class:`~.pretrain.PretrainConfig` defaults, or ``pretrain_overrides``)."""
     if model.backbone_weights != PRETRAINED:
         return model.backbone_weights
-    from .pretrain import PretrainConfig, pretrained_backbone
+    from nni_sparsemask.run.pretrain import PretrainConfig, pretrained_backbone
     cfg = PretrainConfig(backbone=model.backbone, backbone_kwargs=model.backbone_kwargs,
                          image_size=data.image_size if data.dataset == "digitscenes" else 64,
                          **dict(pretrain_overrides or {}))
@@ -224,10 +224,10 @@ def build_network(model: ModelConfig, num_classes: int, *, connectivity: Optiona
     if (connectivity is None) == (decoder is None):
         raise ValueError("give exactly one of connectivity (--connectivity) and decoder (--decoder)")
     if decoder is not None:
-        from .baselines import build_decoder
+        from nni_sparsemask.run.registry import build_decoder
         return build_decoder(decoder, model.backbone, num_classes, decoder_channels=model.decoder_channels,
                              backbone_kwargs=model.backbone_kwargs, backbone_weights=weights)
-    from .model import build_pruned
+    from nni_sparsemask.fdn.pruned import build_pruned
     return build_pruned(connectivity, num_classes, model.decoder_channels, backbone_weights=weights,
                         backbone_kwargs=model.backbone_kwargs)
 
@@ -283,7 +283,7 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from .train import SegmentationModule
+    from nni_sparsemask.run.lightning import SegmentationModule
 
     module = SegmentationModule(num_classes=data.num_classes, learning_rate=train.learning_rate,
                                 decoder_lr_mult=train.decoder_lr_mult, weight_decay=train.weight_decay,
@@ -319,9 +319,9 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, f
     (:mod:`.cost`): FLOPs, operator calls and bytes written per forward."""
     from tqdm.auto import tqdm
 
-    from .cost import inference_cost
-    from .metrics import SegmentationMetrics, count_parameters, format_params, measure_fps
-    from .train import segmentation_scores
+    from nni_sparsemask.measure.cost import inference_cost
+    from nni_sparsemask.measure.metrics import SegmentationMetrics, count_parameters, format_params, measure_fps
+    from nni_sparsemask.run.lightning import segmentation_scores
 
     device = device or default_device()
     net = net.to(device).eval()

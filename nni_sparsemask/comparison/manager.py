@@ -17,10 +17,7 @@ import socket
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
-
-if TYPE_CHECKING:
-    from .compare import ComparisonPlan
+from typing import Any, Callable, Iterator, Optional
 
 __all__ = ["LOOPBACK_JS", "temporary_environ", "loopback_environment", "listening_addresses", "is_loopback",
            "manager_pid", "manifest_entry", "start_experiment", "stop_experiment", "nni_error_line"]
@@ -125,7 +122,7 @@ def manager_pid(experiment: Any) -> Optional[int]:
     return int(proc.pid) if proc is not None and getattr(proc, "pid", None) else None
 
 
-def start_experiment(plan: "ComparisonPlan", port: int = 8080, *, resume: Optional[str] = None, expose: bool = False,
+def start_experiment(plan: Any, port: int = 8080, *, resume: Optional[str] = None, expose: bool = False,
                      log: Log = print) -> Any:
     """Start (or ``resume``) the experiment of ``plan`` on ``port``; returns the running ``nni.experiment.Experiment``.
 
