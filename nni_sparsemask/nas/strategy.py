@@ -37,13 +37,11 @@ import json
 import logging
 import math
 import os
-import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from nni.mutable import Categorical, CategoricalMultiple
 from nni.nas.evaluator.pytorch.lightning import Lightning, LightningModule
@@ -54,6 +52,7 @@ from torch import nn
 
 from nni_sparsemask.nas.losses import DEFAULT_EPS, alpha_rule, binary_loss, l1_loss, sparsity_loss
 from nni_sparsemask.nas.supermodule import SparseMixedInput, init_arch_weights
+from nni_sparsemask.seeding import seed_epoch
 
 __all__ = ["SparseMask", "SparseMaskConfig", "SparseMaskLightningModule", "binarization_report",
            "LOSSES", "OPTIMIZATIONS"]
@@ -167,13 +166,6 @@ def binarization_report(weights: dict[str, list[float]], threshold: float) -> di
     report: dict[str, Any] = {label: _one(list(v)) for label, v in weights.items()}
     report["overall"] = _one([x for v in weights.values() for x in v])
     return report
-
-
-def _reseed(seed: int, epoch: int) -> None:
-    s = (int(seed) * 1_000_003 + int(epoch)) % (2 ** 32)
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
 
 
 class SparseMaskLightningModule(BaseOneShotLightningModule):
@@ -323,12 +315,12 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
         # Lightning may create the first epoch's data iterator before ``on_train_epoch_start`` (always when
         # resuming, and when ``estimated_stepping_batches`` is used in ``configure_optimizers``): seed here.
         if stage == "fit":
-            _reseed(self.config.seed, self.start_epoch)
+            seed_epoch(self.config.seed, self.start_epoch)
         return super().setup(stage)
 
     def on_train_epoch_start(self):
         if self.trainer.current_epoch != self.start_epoch:  # the first epoch of this fit was seeded in setup
-            _reseed(self.config.seed, self.trainer.current_epoch)
+            seed_epoch(self.config.seed, self.trainer.current_epoch)
         frozen = not self._arch_step_enabled()
         for p in self.arch_parameters():
             p.requires_grad_(not frozen)

@@ -26,6 +26,7 @@ from torch import nn
 
 from nni_sparsemask.fdn.connectivity import Connectivity
 from nni_sparsemask.run.rundir import RunDir
+from nni_sparsemask.seeding import seed_everything
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "DATASETS", "make_loaders", "resolve_backbone_weights",
            "build_network", "train_network", "evaluate_network", "check_connectivity", "class_names",
@@ -204,18 +205,6 @@ def check_connectivity(conn: Connectivity, model: ModelConfig, num_classes: int,
     if searched is not None and int(searched) != num_classes:
         raise ValueError(f"{where} was searched for {searched} classes but the data set has {num_classes}; "
                          "search again on this data set")
-
-
-def seed_all(seed: int) -> None:
-    """Seed python's ``random``, numpy and torch: call it before a network is built, so that its initial weights
-    (and anything drawn before training starts seeding by itself) are the same on every run."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
 
 
 def build_network(model: ModelConfig, num_classes: int, *, connectivity: Optional[Connectivity] = None,

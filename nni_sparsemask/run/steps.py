@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from nni_sparsemask.fdn.connectivity import Connectivity
-from nni_sparsemask.run.pipeline import (DataConfig, ModelConfig, TrainConfig, build_network, check_connectivity, config_from_dict,
-                       evaluate_network, load_weights, make_loaders, resolve_backbone_weights, save_weights, seed_all,
-                       train_network)
+from nni_sparsemask.run.pipeline import (DataConfig, ModelConfig, TrainConfig, build_network, check_connectivity,
+                                         config_from_dict, evaluate_network, load_weights, make_loaders,
+                                         resolve_backbone_weights, save_weights, train_network)
 from nni_sparsemask.run.rundir import RunDir, read_json
+from nni_sparsemask.seeding import seed_everything
 
 __all__ = ["run_search", "run_prune", "run_retrain", "run_evaluate", "load_run_network", "SEARCH_DONE"]
 
@@ -88,7 +89,7 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
         from nni_sparsemask.run.lightning import Segmentation
 
         weights = resolve_backbone_weights(model, data, log, progress=progress)
-        seed_all(int(params.get("seed", 0)))  # the decoder's initial weights
+        seed_everything(int(params.get("seed", 0)))  # the decoder's initial weights
         space = FDNSpace(model.backbone, num_classes=data.num_classes, decoder_channels=model.decoder_channels,
                          backbone_weights=weights, backbone_kwargs=model.backbone_kwargs)
         train_loader, val_loader = make_loaders(data)
@@ -188,7 +189,7 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
         log(f"[retrain] {run.path} is already finished; its results are kept as they are")
         return read_json(run.file("metrics.json"))
     weights = resolve_backbone_weights(model, data, log, progress=progress)
-    seed_all(train.seed)
+    seed_everything(train.seed)
     net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=weights)
     layout = conn  # the decoder's edges (None for DeepLabV3, a head of its own)
     if conn is None and decoder != "deeplabv3":
