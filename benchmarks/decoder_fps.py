@@ -59,7 +59,7 @@ def build_networks(paths: list[str], decoder_channels: int, num_classes: int) ->
 def main(argv=None) -> dict:
     from nni_sparsemask.measure.cost import inference_cost
     from nni_sparsemask.run.demo import ratio_over_passes
-    from nni_sparsemask.measure.metrics import measure_fps
+    from nni_sparsemask.measure.fps import measure_fps
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("connectivity", nargs="+", help="connectivity.json files (or run directories holding one)")

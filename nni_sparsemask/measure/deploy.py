@@ -1,5 +1,5 @@
 """The deployment (inference) form of a trained network: BatchNorm folded into the convolution before it, and the
-weights in ``channels_last`` memory format. This is the form FPS is measured in (``metrics.measure_fps`` with
+weights in ``channels_last`` memory format. This is the form FPS is measured in (``fps.measure_fps`` with
 ``inference=True``, as ``evaluate_network`` and the demo call it).
 
 Why it matters here (measured on the 2-core CPU of the development machine, torch 2.14 / oneDNN 3.12, batch 1):
