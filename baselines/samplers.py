@@ -21,11 +21,11 @@ Why a sampler and not NNI's multi-trial ``Random`` strategy over ``FDNSpace``: (
 an ``InputChoice(n_chosen=None)`` independently, so a trial can get a decoder in which nothing reaches the head;
 ``FDNSpace.forward`` then raises and the trial is wasted, whereas the sampler rejects such draws up front;
 (2) the Rand (Rule) constraint (only ``{E_l, G}`` below ``D_1``) cannot be expressed by NNI's sampling without
-a custom space; (3) a multi-trial strategy pickles the evaluator into every trial (design.md: an in-memory data
-set overflows the message), and the trained network would be the frozen supernet (with per-edge BN) instead of
+a custom space; (3) a multi-trial strategy pickles the evaluator into every trial (an in-memory data set
+overflows NNI's message), and the trained network would be the frozen supernet (with per-edge BN) instead of
 the ``build_pruned`` network every other baseline is retrained as. A sampled ``Connectivity`` goes through the
 same retrain / evaluate path (and the same run directories) as the searched and hand-designed decoders, and
-each sample can still be one trial of the HPO comparison experiment (design.md, "nnictl create").
+each sample can still be one trial of the HPO comparison experiment (``sparsemask compare``).
 """
 from __future__ import annotations
 

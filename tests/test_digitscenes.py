@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nni_sparsemask.data import digitscenes as ds
+from nni_sparsemask.data import scenes
 from nni_sparsemask.data.digitscenes import DigitScenes, DigitScenesConfig, generate_scenes, load_or_generate
 
 TINY = dict(image_size=32, num_scenes=12)
@@ -55,8 +56,8 @@ def test_paint_order_later_digit_covers_earlier():
     second = np.zeros((6, 6), np.float32)
     second[3:6, 3:6] = 1.0
     second[2, 3:6] = 0.4  # soft border over the first digit's core
-    ds._paint(image, hard, ignore, first, np.array([1.0, 0, 0]), 4, 0.25, 0.5)
-    ds._paint(image, hard, ignore, second, np.array([0, 0, 1.0]), 9, 0.25, 0.5)
+    scenes._paint(image, hard, ignore, first, np.array([1.0, 0, 0]), 4, 0.25, 0.5)
+    scenes._paint(image, hard, ignore, second, np.array([0, 0, 1.0]), 9, 0.25, 0.5)
     assert np.all(hard[3:6, 3:6] == 9) and not ignore[3:6, 3:6].any()      # the later digit wins
     assert np.all(hard[1:3, 1:3] == 4) and not ignore[1:2, 1:3].any()      # uncovered part of the first
     assert ignore[2, 3:6].all() and ignore[0, 1:5].all()                  # soft borders are ignore
@@ -66,8 +67,8 @@ def test_paint_order_later_digit_covers_earlier():
 
 
 def test_train_and_val_are_disjoint():
-    tr_imgs, tr_labels, tr_tiles = ds._sources("train", 0.2)
-    va_imgs, va_labels, va_tiles = ds._sources("val", 0.2)
+    tr_imgs, tr_labels, tr_tiles = scenes._sources("train", 0.2)
+    va_imgs, va_labels, va_tiles = scenes._sources("val", 0.2)
     assert len(tr_imgs) + len(va_imgs) == 1797 and abs(len(va_imgs) - 359) <= 1
     tr_set = {im.tobytes() for im in tr_imgs}
     assert sum(im.tobytes() in tr_set for im in va_imgs) <= 5  # load_digits has a few exact duplicates only
@@ -75,8 +76,8 @@ def test_train_and_val_are_disjoint():
     tr_t = {t.tobytes() for t in tr_tiles}
     assert not any(t.tobytes() in tr_t for t in va_tiles)
     # val tiles come from both rows and several columns (not a top/bottom split)
-    rows = {r for p in ds._VAL_TILES.values() for r, _ in p}
-    cols = {c for p in ds._VAL_TILES.values() for _, c in p}
+    rows = {r for p in scenes._VAL_TILES.values() for r, _ in p}
+    cols = {c for p in scenes._VAL_TILES.values() for _, c in p}
     assert rows == {0, 1} and len(cols) >= 2
 
 
