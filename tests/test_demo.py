@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nni_sparsemask.run.demo import _fps_device, demo_table, fps_side_by_side, ratio_over_passes
+from nni_sparsemask.run.demo import demo_table, fps_side_by_side, ratio_over_passes, time_side_by_side
 
 
 def test_ratio_over_passes_pairs_each_pass():
@@ -21,30 +21,20 @@ def test_demo_table_shows_the_ratio_range_when_known():
     assert table.rstrip().endswith("| 1.13x |")  # a demo.json written before the range existed
 
 
-def test_fps_device_follows_the_accelerator():
-    assert _fps_device("cpu") == "cpu"
-    assert _fps_device("auto") is None  # fps_side_by_side then picks CUDA when there is one
-
-
 def test_fps_side_by_side_refuses_zero_rounds():
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         fps_side_by_side({}, 32, rounds=0)
 
 
-def test_fps_side_by_side_default_device(monkeypatch, tmp_path):
-    # no network to load: the device choice alone, with CUDA made to look present and absent
-    seen = {}
+def test_time_side_by_side_times_every_network_in_every_pass():
+    # two real networks, timed for real on this machine's default device (the CPU here, CUDA where there is one)
+    from nni_sparsemask.run.pipeline import default_device
 
-    def fake_measure(net, input_size, device, min_run_time, inference):
-        seen["device"] = device
-        return type("R", (), {"fps": 10.0, "device": f"{device} (fake)"})()
-
-    monkeypatch.setattr("nni_sparsemask.measure.metrics.measure_fps", fake_measure)
-    monkeypatch.setattr("nni_sparsemask.run.steps.load_run_network", lambda path: (torch.nn.Identity(), None))
-    for available, expected in ((True, "cuda"), (False, "cpu")):
-        monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
-        out = fps_side_by_side({"fdn": tmp_path}, 32, rounds=2)
-        assert seen["device"] == expected and out["device"] == f"{expected} (fake)"
-        assert out["fps"] == {"fdn": 10.0} and len(out["rounds"]) == 2
-    fps_side_by_side({"fdn": tmp_path}, 32, rounds=1, device="cpu")
-    assert seen["device"] == "cpu"
+    nets = {"small": torch.nn.Conv2d(3, 4, 1), "large": torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1),
+                                                                            torch.nn.BatchNorm2d(32).eval())}
+    out = time_side_by_side(nets, 16, rounds=3, seconds=0.02)
+    assert default_device() in out["device"]
+    assert len(out["rounds"]) == 3 and all(set(p) == {"small", "large"} for p in out["rounds"])
+    assert all(v > 0 for p in out["rounds"] for v in p.values())
+    assert out["fps"] == {name: max(p[name] for p in out["rounds"]) for name in nets}  # the best pass
+    assert "cpu" in time_side_by_side(nets, 16, rounds=1, seconds=0.02, device="cpu")["device"]

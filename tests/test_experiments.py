@@ -97,10 +97,6 @@ def test_search_spaces_cover_every_strategy_and_decoder(name):
     assert len({e.key for e in entries}) == len(entries)
 
 
-def test_quick_grid_size():
-    assert len(trial.check_search_space(_space("search_space_quick.json"))) == 14 * 2
-
-
 # ------------------------------------------------------------------------------------------------ entries
 def test_parse_entry_nested_and_flat_forms():
     e = trial.parse_entry({"params": {"_name": "maskconnect", "k": 3}, "seed": 1})
