@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nni_sparsemask.nas.strategy import SparseMask, SparseMaskConfig
+from nni_sparsemask.nas.config import SparseMaskConfig
+from nni_sparsemask.nas.strategy import SparseMask
 from nni_sparsemask.nas.supermodule import SparseMixedInput, is_multi_input_choice, shared_arch_weights
 
 __all__ = ["MaskConnectInput", "MaskConnect", "MaskConnectConfig", "L1", "MASKCONNECT_KS", "L1_LAMBDAS",

@@ -17,8 +17,8 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 
-from nni_sparsemask.nas.strategy import (CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE, SparseMask,
-                                     SparseMaskLightningModule, binarization_report)
+from nni_sparsemask.nas.searchdir import CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE
+from nni_sparsemask.nas.strategy import SparseMask, SparseMaskLightningModule, binarization_report
 from nni_sparsemask.nas.supermodule import SparseMixedInput
 
 INFORMATIVE = [1, 4]
@@ -137,6 +137,52 @@ def test_binarization_report_counts_exact_zeros():
     assert r["b"]["gap"] == float("inf")  # only exact zeros dropped
     assert r["overall"]["n"] == 7 and r["overall"]["n_kept"] == 3
     assert r["overall"]["undecided_fraction"] == pytest.approx(2 / 7)
+
+
+# ---- the regulariser of Eq. 3 ------------------------------------------------------------------------------
+class TwoLabels(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.lin = tnn.ModuleList([tnn.Linear(4, 4) for _ in range(4)])
+        self.a = InputChoice(3, n_chosen=None, label="a")
+        self.b = InputChoice(3, n_chosen=None, label="a")  # shares a's w: counted once
+        self.c = InputChoice(5, n_chosen=None, label="c")
+
+    def forward(self, x):
+        feats = [m(x) for m in self.lin]
+        return self.c([self.a(feats[:3]) + self.b(feats[:3]), *feats])
+
+
+# w_a = (0.2, 0.5, 0.8), alpha_a = min(2/3, 0.5) = 0.5;  w_c = (0.1, 0.2, 0.3, 0.4, 0.5), alpha_c = min(2/5, 0.5) = 0.4
+# H(x) = -x ln x - (1 - x) ln(1 - x): H(0.1) = 0.32508297339144824, H(0.2) = H(0.8) = 0.50040242353818788,
+#   H(0.3) = 0.61086430205489346, H(0.4) = 0.67301166700925644, H(0.5) = ln 2 = 0.69314718055994531
+# L_bp(a) = (2 * 0.50040242353818788 + 0.69314718055994531) / 3 = 0.56465067587877369
+# L_bp(c) = (0.32508297339144824 + 0.50040242353818788 + 0.61086430205489346 + 0.67301166700925644
+#            + 0.69314718055994531) / 5 = 0.56050170931074627
+# L_sp(a, 0.5) = Lm(0.5, mean 0.5) = ln 2;  L_sp(c, 0.4) = Lm(0.4, mean 0.3) = -0.4 ln 0.3 - 0.6 ln 0.7
+#   = 0.4 * 1.2039728043259360 + 0.6 * 0.35667494393873238 = 0.69559408809361382
+# with alpha = 0.25 for both: L_sp(a) = Lm(0.25, 0.5) = ln 2,
+#   L_sp(c) = 0.25 * 1.2039728043259360 + 0.75 * 0.35667494393873238 = 0.56849940903553328
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"loss": "sparsemask"}, 0.01 * 2.5138936538430791),  # 0.56465067587877369 + ln 2 + 0.56050170931074627
+    #                                                          + 0.69559408809361382
+    ({"loss": "sparsemask", "alpha": 0.25}, 0.01 * 2.3867989747849985),  # ... + 0.56849940903553328 for c
+    ({"loss": "binary", "lambda_sparse": 0.1}, 0.1 * 1.12515238518952),  # 0.56465067587877369 + 0.56050170931074627
+    ({"loss": "sparse", "lambda_sparse": 1.0}, 1.3887412686535591),  # ln 2 + 0.69559408809361382
+    ({"loss": "l1", "lambda_sparse": 0.5}, 0.5 * 3.0),  # |w_a| + |w_c| = 1.5 + 1.5
+    ({"loss": "task"}, 0.0),
+    ({"loss": "sparsemask", "lambda_sparse": 0.0}, 0.0),
+])
+def test_regulariser_is_lambda_times_the_sum_over_labels(kwargs, expected):
+    strategy = SparseMask(**kwargs)
+    space = strategy.mutate_model(TwoLabels())
+    module = SparseMaskLightningModule(tnn.Module(), strategy.config)
+    module.model = space  # regulariser() needs only the supernet modules
+    with torch.no_grad():
+        space.a.arch_weights.copy_(torch.tensor([0.2, 0.5, 0.8]))
+        space.c.arch_weights.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]))
+    assert list(module.sparse_modules()) == ["a", "c"]
+    assert module.regulariser().item() == pytest.approx(expected, rel=1e-6)
 
 
 # ---- the toy proof --------------------------------------------------------------------------------------

@@ -8,5 +8,6 @@ every ``InputChoice(n_chosen=None)`` of any ``ModelSpace``.
 * :mod:`.supermodule` -- ``SparseMixedInput``, the one-shot module that replaces a multi-input ``InputChoice``;
 * :mod:`.config` -- ``SparseMaskConfig``, the search's typed settings, and their validation;
 * :mod:`.binarization` -- how far w has binarised (the undecided fraction per choice);
+* :mod:`.searchdir` -- the strategy's run directory: config record, per-epoch checkpoint, result, resume;
 * :mod:`.strategy` -- the Lightning module and the ``SparseMask`` NNI strategy.
 """

@@ -10,17 +10,22 @@ Notation: ``w`` is the 1-D tensor of the weights w_l = {w_t^l, t in T_l} of one 
     a_l          = min(2 / |T_l|, 0.5)              Eq. 5: each stage tends to keep about two inputs
     L1(w)        = sum_t |w_t|                      the L1 baseline of Fig. 4
 
-Nothing here knows about NNI; the strategy sums these over stages (Eq. 3: L = L_task + lambda sum_l L_s).
+The regulariser of Eq. 3, ``L = L_task + lambda * sum_l R(w_l)``, is :func:`regulariser`; ``R`` is named by
+the strategy's ``loss`` (one of :data:`LOSSES`, see :func:`stage_regulariser`). Nothing here knows about NNI.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
-__all__ = ["DEFAULT_EPS", "lm", "binary_loss", "sparsity_loss", "sparse_loss", "alpha_rule", "l1_loss"]
+__all__ = ["DEFAULT_EPS", "LOSSES", "lm", "binary_loss", "sparsity_loss", "sparse_loss", "alpha_rule", "l1_loss",
+           "stage_regulariser", "regulariser"]
 
 DEFAULT_EPS = 1e-6
+#: the names of R(w) that :func:`stage_regulariser` knows (the strategy's ``loss`` setting)
+LOSSES = ("sparsemask", "binary", "sparse", "task", "l1")
 
 
 def _check_eps(eps: float) -> None:
@@ -89,3 +94,39 @@ def l1_loss(w: torch.Tensor) -> torch.Tensor:
     """L1 baseline: ``L1(w) = sum_t |w_t|`` (the strategy multiplies it by lambda)."""
     _check_w(w)
     return w.abs().sum()
+
+
+def stage_regulariser(w: torch.Tensor, loss: str, alpha: float, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """``R(w)`` of one stage for the regulariser named ``loss``:
+
+        'sparsemask'  L_s(w, alpha) = L_bp(w) + L_sp(w, alpha)   Eq. 2, the paper's loss
+        'binary'      L_bp(w)                                    the "L_task + L_bp" ablation of Table 1
+        'sparse'      L_sp(w, alpha)                             the "L_task + L_sp" ablation
+        'task'        0                                          no regulariser
+        'l1'          L1(w)                                      the L1 baseline of Fig. 4
+
+    ``alpha`` is used by 'sparsemask' and 'sparse' only.
+    """
+    if loss == "sparsemask":
+        return sparse_loss(w, alpha, eps)
+    if loss == "binary":
+        return binary_loss(w, eps)
+    if loss == "sparse":
+        return sparsity_loss(w, alpha, eps)
+    if loss == "l1":
+        return l1_loss(w)
+    if loss == "task":
+        _check_w(w)
+        return w.new_zeros(())
+    raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+
+
+def regulariser(stages: Iterable[tuple[torch.Tensor, float]], loss: str, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """``sum_l R(w_l)`` over the stages ``(w_l, alpha_l)``: Eq. 3 without lambda, R as in :func:`stage_regulariser`.
+
+    For ``loss='sparsemask'`` this is ``sum_l [mean(Lm(w_l, w_l)) + Lm(alpha_l, mean(w_l))]``.
+    """
+    terms = [stage_regulariser(w, loss, alpha, eps) for w, alpha in stages]
+    if not terms:
+        raise ValueError("no stages: the regulariser sums over at least one stage's w")
+    return torch.stack(terms).sum()

@@ -5,13 +5,9 @@ weights ``w_l in [0, 1]^{|T_l|}``; the supernet is trained with (Eq. 3)
 
     L = L_task + lambda * sum_l R(w_l),     alpha_l = min(2 / |T_l|, 0.5)   (Eq. 5)
 
-where ``R`` depends on ``loss``:
-
-    'sparsemask'  R = L_bp(w) + L_sp(w, alpha)    (Eq. 2, the paper's loss)
-    'binary'      R = L_bp(w)                     (the "L_task + L_bp" ablation of Table 1)
-    'sparse'      R = L_sp(w, alpha)              (the "L_task + L_sp" ablation)
-    'task'        R = 0                           (FDN trained with L_task only)
-    'l1'          R = |w|_1                       (the L1 baseline of Fig. 4)
+where ``R`` depends on ``loss`` (:func:`~nni_sparsemask.nas.losses.stage_regulariser`): ``'sparsemask'`` is
+``L_bp + L_sp`` (Eq. 2, the paper's loss), ``'binary'`` and ``'sparse'`` its two parts alone (the ablations of
+Table 1), ``'task'`` no regulariser, ``'l1'`` ``|w|_1`` (the L1 baseline of Fig. 4).
 
 ``optimization='joint'`` (the paper's protocol) does one backward of L per training batch and steps the
 evaluator's weight optimizer and the w optimizer together (two parameter groups of disjoint parameters: the
@@ -23,22 +19,21 @@ Other mutables (``LayerChoice``, ``InputChoice(n_chosen=k)``, value choices) are
 supermodules (softmax logits trained by the same w optimizer, no sparse loss, argmax export) when
 ``other_choices='darts'``, or refused with a ``ValueError`` when ``other_choices='error'``.
 
-Run directory (``run_dir``): ``sparsemask_strategy.json`` (config + search-space fingerprint),
-``checkpoints/search-last.ckpt`` (Lightning checkpoint written after every epoch: network weights, w,
-optimizer/scheduler states, loop state, w history) and, when the search ends, ``search_result.json``
-(final w, exported choices, history, binarisation report). Starting a search again on the same directory
-resumes from the checkpoint; the strategy reseeds python/numpy/torch with ``(seed, epoch)`` at the start of
-every epoch, so that a resumed CPU run ends exactly where an uninterrupted one does.
+Run directory (``run_dir``): the config, a checkpoint after every epoch and the final result; starting a
+search again on the same directory resumes from the checkpoint (see :mod:`.searchdir` for the files and why
+NNI's own strategy checkpoint does not cover this). The strategy reseeds python/numpy/torch with
+``(seed, epoch)`` at the start of every epoch, so that a resumed CPU run ends exactly where an uninterrupted one
+does.
+
+The settings and their validation are in :mod:`.config`, the binarisation report in :mod:`.binarization` (both
+re-exported here), the losses in :mod:`.losses`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +45,10 @@ from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from torch import nn
 
-from nni_sparsemask.nas.losses import DEFAULT_EPS, alpha_rule, binary_loss, l1_loss, sparsity_loss
+from nni_sparsemask.nas import searchdir
+from nni_sparsemask.nas.binarization import binarization_report, undecided_warning
+from nni_sparsemask.nas.config import LOSSES, OPTIMIZATIONS, SparseMaskConfig
+from nni_sparsemask.nas.losses import DEFAULT_EPS, alpha_rule, regulariser
 from nni_sparsemask.nas.supermodule import SparseMixedInput, init_arch_weights
 from nni_sparsemask.seeding import seed_epoch
 
@@ -58,114 +56,6 @@ __all__ = ["SparseMask", "SparseMaskConfig", "SparseMaskLightningModule", "binar
            "LOSSES", "OPTIMIZATIONS"]
 
 _logger = logging.getLogger(__name__)
-
-LOSSES = ("sparsemask", "binary", "sparse", "task", "l1")
-OPTIMIZATIONS = ("joint", "bilevel")
-ARC_OPTIMIZERS = ("adam", "sgd")
-OTHER_CHOICES = ("darts", "error")
-
-CONFIG_FILE = "sparsemask_strategy.json"
-CHECKPOINT_FILE = os.path.join("checkpoints", "search-last.ckpt")
-RESULT_FILE = "search_result.json"
-UNDECIDED_HIGH = 0.999  # w in (threshold, UNDECIDED_HIGH) has not binarised yet
-
-
-@dataclass
-class SparseMaskConfig:
-    """Hyper-parameters of :class:`SparseMask` (saved to the run directory; see the class docstring)."""
-
-    lambda_sparse: float = 0.01
-    threshold: float = 1e-3
-    loss: str = "sparsemask"
-    optimization: str = "joint"
-    arc_learning_rate: float = 3e-3
-    arc_optimizer: str = "adam"
-    arc_momentum: float = 0.9
-    arc_weight_decay: float = 0.0
-    alpha: float | None = None
-    init: float = 0.5
-    init_noise: float = 1e-2
-    eps: float = DEFAULT_EPS
-    seed: int = 0
-    warmup_epochs: int = 0
-    gradient_clip_val: float | None = None
-    other_choices: str = "darts"
-    undecided_warn_fraction: float = 0.25
-    log_every_n_steps: int = 10
-
-    def validate(self) -> None:
-        def _num(name: str) -> float:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-            return float(v)
-
-        if _num("lambda_sparse") < 0:
-            raise ValueError(f"lambda_sparse must be >= 0 (0 turns the sparse loss off), got {self.lambda_sparse!r}")
-        if not 0.0 < _num("threshold") < 1.0:
-            raise ValueError(f"threshold (sigma) must be in (0, 1), e.g. 1e-3 as in the paper; got {self.threshold!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; allowed: {', '.join(LOSSES)}")
-        if self.optimization not in OPTIMIZATIONS:
-            raise ValueError(f"unknown optimization {self.optimization!r}; allowed: {', '.join(OPTIMIZATIONS)}")
-        if self.arc_optimizer not in ARC_OPTIMIZERS:
-            raise ValueError(f"unknown arc_optimizer {self.arc_optimizer!r}; allowed: {', '.join(ARC_OPTIMIZERS)}")
-        if self.other_choices not in OTHER_CHOICES:
-            raise ValueError(f"unknown other_choices {self.other_choices!r}; allowed: {', '.join(OTHER_CHOICES)}")
-        if _num("arc_learning_rate") <= 0:
-            raise ValueError(f"arc_learning_rate must be > 0, got {self.arc_learning_rate!r}")
-        if _num("arc_weight_decay") < 0 or not 0.0 <= _num("arc_momentum") < 1.0:
-            raise ValueError("arc_weight_decay must be >= 0 and arc_momentum in [0, 1), got "
-                             f"{self.arc_weight_decay!r} and {self.arc_momentum!r}")
-        if self.alpha is not None and not 0.0 < _num("alpha") < 1.0:
-            raise ValueError(f"alpha must be None (the rule min(2/|T_l|, 0.5)) or in (0, 1), got {self.alpha!r}")
-        if not 0.0 <= _num("init") <= 1.0 or _num("init_noise") < 0:
-            raise ValueError(f"init must be in [0, 1] and init_noise >= 0, got {self.init!r}, {self.init_noise!r}")
-        if not 0.0 < _num("eps") < 0.5:
-            raise ValueError(f"eps must be in (0, 0.5), got {self.eps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
-        if self.gradient_clip_val is not None and _num("gradient_clip_val") <= 0:
-            raise ValueError(f"gradient_clip_val must be None or > 0, got {self.gradient_clip_val!r}")
-        if not 0.0 <= _num("undecided_warn_fraction") <= 1.0:
-            raise ValueError(f"undecided_warn_fraction must be in [0, 1], got {self.undecided_warn_fraction!r}")
-        if not isinstance(self.log_every_n_steps, int) or self.log_every_n_steps < 1:
-            raise ValueError(f"log_every_n_steps must be an integer >= 1, got {self.log_every_n_steps!r}")
-
-
-def binarization_report(weights: dict[str, list[float]], threshold: float) -> dict[str, Any]:
-    """How binary w is: per label and overall.
-
-    For each label: ``kept`` (w >= threshold), ``n_exact_zero`` (w == 0, produced by the [0, 1] clamp),
-    ``n_dropped_nonzero`` (0 < w < threshold), ``min_kept``, ``max_dropped_nonzero``,
-    ``gap = min_kept / max_dropped_nonzero`` (the paper's "200x"; ``inf`` when every dropped w is exactly 0,
-    ``None`` when nothing is kept or dropped), and ``undecided_fraction``, the fraction of w in
-    ``(threshold, 0.999)``, i.e. not binarised yet. ``overall`` pools all labels.
-    """
-    def _one(values: list[float]) -> dict[str, Any]:
-        kept = [v for v in values if v >= threshold]
-        dropped_nz = [v for v in values if 0.0 < v < threshold]
-        zeros = sum(1 for v in values if v == 0.0)
-        undecided = sum(1 for v in values if threshold < v < UNDECIDED_HIGH)
-        min_kept = min(kept) if kept else None
-        max_dropped = max(dropped_nz) if dropped_nz else None
-        if min_kept is None or (max_dropped is None and zeros == 0):
-            gap = None
-        elif max_dropped is None:
-            gap = math.inf
-        else:
-            gap = min_kept / max_dropped
-        return {
-            "n": len(values), "n_kept": len(kept), "n_exact_zero": zeros, "n_dropped_nonzero": len(dropped_nz),
-            "min_kept": min_kept, "max_dropped_nonzero": max_dropped, "gap": gap,
-            "undecided_fraction": undecided / len(values) if values else 0.0,
-        }
-
-    report: dict[str, Any] = {label: _one(list(v)) for label, v in weights.items()}
-    report["overall"] = _one([x for v in weights.values() for x in v])
-    return report
 
 
 class SparseMaskLightningModule(BaseOneShotLightningModule):
@@ -215,21 +105,17 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
 
     # ---- the loss ---------------------------------------------------------------------------------------
     def regulariser(self) -> torch.Tensor:
-        """``lambda * sum_l R(w_l)`` for the configured ``loss`` (0 for ``'task'``)."""
+        """``lambda * sum_l R(w_l)`` (:func:`~nni_sparsemask.nas.losses.regulariser`) for the configured ``loss``.
+
+        A constant 0, outside the graph, for ``'task'`` and ``lambda_sparse == 0``.
+        """
         cfg = self.config
-        terms = []
-        for m in self.sparse_modules().values():
-            w = m.arch_weights
-            alpha = cfg.alpha if cfg.alpha is not None else alpha_rule(m.n_candidates)
-            if cfg.loss in ("sparsemask", "binary"):
-                terms.append(binary_loss(w, cfg.eps))
-            if cfg.loss in ("sparsemask", "sparse"):
-                terms.append(sparsity_loss(w, alpha, cfg.eps))
-            if cfg.loss == "l1":
-                terms.append(l1_loss(w))
-        if not terms or cfg.lambda_sparse == 0:
+        modules = list(self.sparse_modules().values())
+        if cfg.loss == "task" or cfg.lambda_sparse == 0 or not modules:
             return torch.zeros((), device=self.device)
-        return cfg.lambda_sparse * torch.stack(terms).sum()
+        stages = [(m.arch_weights, cfg.alpha if cfg.alpha is not None else alpha_rule(m.n_candidates))
+                  for m in modules]
+        return cfg.lambda_sparse * regulariser(stages, cfg.loss, cfg.eps)
 
     # ---- optimisation -----------------------------------------------------------------------------------
     def configure_architecture_optimizers(self):
@@ -330,30 +216,14 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
         result = super().on_train_epoch_end()
         self.history.append(self.current_weights())
         if self.run_dir is not None and not self.trainer.sanity_checking:
-            path = Path(self.run_dir) / CHECKPOINT_FILE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            self.trainer.save_checkpoint(str(tmp))
-            os.replace(tmp, path)
+            searchdir.save_checkpoint(self.trainer, self.run_dir)
         return result
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["sparsemask"] = {"history": self.history, "config": dataclasses.asdict(self.config)}
+        searchdir.put_state(checkpoint, self.history, dataclasses.asdict(self.config))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("sparsemask")
-        if state is None:
-            raise ValueError("this checkpoint was not written by the SparseMask strategy (no 'sparsemask' entry)")
-        self.history = [dict(h) for h in state["history"]]
-
-
-def _space_fingerprint(model: ModelSpace) -> dict[str, Any]:
-    labels = {}
-    for label, mutable in model.simplify().items():
-        values = getattr(mutable, "values", None)
-        labels[label] = {"type": type(mutable).__name__, "n": len(values) if values is not None else None,
-                         "n_chosen": getattr(mutable, "n_chosen", None)}
-    return {"space": type(model).__name__, "labels": labels}
+        self.history = searchdir.load_history(checkpoint)
 
 
 class SparseMask(OneShotStrategy):
@@ -399,7 +269,6 @@ class SparseMask(OneShotStrategy):
         self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
         self._arch_memo: dict[str, Any] = {}
         self._resume_from: Path | None = None
-        self._report: dict[str, Any] | None = None
 
     def extra_repr(self) -> str:
         c = self.config
@@ -480,31 +349,11 @@ class SparseMask(OneShotStrategy):
         self._resume_from = None
         if self.run_dir is None:
             return
-        run_dir = self.run_dir
-        if (run_dir / RESULT_FILE).exists():
-            raise FileExistsError(f"{run_dir} holds a finished SparseMask search ({RESULT_FILE}); its results are "
-                                  "kept and not overwritten. Use a new run_dir, or delete this one to search again.")
-        record = {"config": dataclasses.asdict(self.config), "space": _space_fingerprint(model)}
-        cfg_path = run_dir / CONFIG_FILE
-        if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            diffs = [f"{k}: {old['config'].get(k)!r} there, {v!r} here"
-                     for k, v in record["config"].items() if old.get("config", {}).get(k) != v]
-            if old.get("space") != record["space"]:
-                diffs.append("the search space (labels / number of candidates) differs")
-            if diffs:
-                raise ValueError(f"{run_dir} was written by another SparseMask configuration ({'; '.join(diffs)}). "
-                                 "Use a new run_dir, or the same settings to resume.")
-            ckpt = run_dir / CHECKPOINT_FILE
-            if ckpt.exists():
-                self._resume_from = ckpt
-                _logger.info("SparseMask resumes from %s", ckpt)
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            cfg_path.write_text(json.dumps(record, indent=2, sort_keys=True))
+        self._resume_from = searchdir.prepare(self.run_dir, dataclasses.asdict(self.config), model)
+        if self._resume_from is not None:
+            _logger.info("SparseMask resumes from %s", self._resume_from)
 
     def _initialize(self, model_space, engine):
-        self._report = None
         if isinstance(getattr(model_space, "model_space", None), ModelSpace):
             self._prepare_run_dir(model_space.model_space)
         return super()._initialize(model_space, engine)
@@ -516,12 +365,10 @@ class SparseMask(OneShotStrategy):
                 raise ValueError("the evaluator already sets fit_kwargs['ckpt_path'] and run_dir "
                                  f"{self.run_dir} holds a checkpoint: give one of them, not both")
             mutated.fit_kwargs = {**mutated.fit_kwargs, "ckpt_path": str(self._resume_from)}
-            state = torch.load(self._resume_from, map_location="cpu", weights_only=True).get("sparsemask")
-            if state is None:
-                raise ValueError(f"{self._resume_from} was not written by SparseMask; delete it or use a new run_dir")
+            start_epoch = searchdir.resume_epoch(self._resume_from)
             module = mutated.module
             if isinstance(module, SparseMaskLightningModule):
-                module.start_epoch = len(state["history"])
+                module.start_epoch = start_epoch
         return mutated
 
     def _run(self) -> None:
@@ -531,24 +378,15 @@ class SparseMask(OneShotStrategy):
     def _finish(self) -> None:
         weights = self.weights()
         report = binarization_report(weights, self.config.threshold)
-        self._report = report
-        overall = report["overall"]
-        if overall["undecided_fraction"] > self.config.undecided_warn_fraction:
-            slow = [l for l, r in report.items() if l != "overall"
-                    and r["undecided_fraction"] > self.config.undecided_warn_fraction]
-            warnings.warn(
-                f"SparseMask: {overall['undecided_fraction']:.0%} of w is still in ({self.config.threshold}, "
-                f"{UNDECIDED_HIGH}) after the search (labels {', '.join(slow)}): w has not binarised, so the kept set "
-                "depends on the threshold. Search longer, raise lambda_sparse or arc_learning_rate.", UserWarning)
-        _logger.info("SparseMask binarisation: %s", overall)
+        message = undecided_warning(report, self.config.threshold, self.config.undecided_warn_fraction)
+        if message is not None:
+            warnings.warn(message, UserWarning)
+        _logger.info("SparseMask binarisation: %s", report["overall"])
         if self.run_dir is not None:
             result = {"config": dataclasses.asdict(self.config), "weights": weights,
                       "export": self.oneshot_module.export(), "history": self.history(),
                       "binarization": report}
-            path = self.run_dir / RESULT_FILE
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False))
-            os.replace(tmp, path)
+            searchdir.write_result(self.run_dir, result)
 
     # ---- results ----------------------------------------------------------------------------------------
     def _module(self) -> SparseMaskLightningModule:
@@ -582,13 +420,3 @@ class SparseMask(OneShotStrategy):
                             "connectivity() is for FDN spaces; use strategy.weights() or strategy.export() instead.")
         return fn(self.weights(), self.config.threshold, self.history())
 
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON: infinite gaps become the string ``"inf"``, dict keys strings."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "inf" if obj > 0 else ("-inf" if obj < 0 else None)
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
