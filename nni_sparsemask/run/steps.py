@@ -134,7 +134,7 @@ def run_prune(search_dir: str | Path, out: str | Path, threshold: float, *, over
     conn = full.prune(threshold)
     conn.meta = dict(conn.meta, params=config["params"])
     conn.to_json(run.file("connectivity.json"), overwrite=True)
-    from nni_sparsemask.nas.strategy import binarization_report  # the search's own definition of the gap, at the new sigma
+    from nni_sparsemask.nas.binarization import binarization_report  # the search's own definition of the gap, at the new sigma
     weights: dict[str, list[float]] = {}
     for e in full.edges:
         weights.setdefault(e.target, []).append(e.weight)
