@@ -48,7 +48,7 @@ from torch import nn
 from nni_sparsemask.nas import searchdir
 from nni_sparsemask.nas.binarization import binarization_report, undecided_warning
 from nni_sparsemask.nas.config import LOSSES, OPTIMIZATIONS, SparseMaskConfig
-from nni_sparsemask.nas.losses import DEFAULT_EPS, alpha_rule, regulariser
+from nni_sparsemask.nas.losses import alpha_rule, regulariser
 from nni_sparsemask.nas.supermodule import SparseMixedInput, init_arch_weights
 from nni_sparsemask.seeding import seed_epoch
 
@@ -226,6 +226,9 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
         self.history = searchdir.load_history(checkpoint)
 
 
+_D = SparseMaskConfig()  # the defaults of SparseMask(...) are the config's (one place)
+
+
 class SparseMask(OneShotStrategy):
     """SparseMask (Wu et al., 2019): multi-input connectivity search with the sparse loss of Eq. 2.
 
@@ -251,12 +254,15 @@ class SparseMask(OneShotStrategy):
     mutation_hooks: extra NNI mutation hooks, run before SparseMask's own.
     """
 
-    def __init__(self, lambda_sparse: float = 0.01, threshold: float = 1e-3, loss: str = "sparsemask",
-                 optimization: str = "joint", *, arc_learning_rate: float = 3e-3, arc_optimizer: str = "adam",
-                 arc_momentum: float = 0.9, arc_weight_decay: float = 0.0, alpha: float | None = None,
-                 init: float = 0.5, init_noise: float = 1e-2, eps: float = DEFAULT_EPS, seed: int = 0,
-                 warmup_epochs: int = 0, gradient_clip_val: float | None = None, other_choices: str = "darts",
-                 undecided_warn_fraction: float = 0.25, log_every_n_steps: int = 10,
+    def __init__(self, lambda_sparse: float = _D.lambda_sparse, threshold: float = _D.threshold,
+                 loss: str = _D.loss, optimization: str = _D.optimization, *,
+                 arc_learning_rate: float = _D.arc_learning_rate, arc_optimizer: str = _D.arc_optimizer,
+                 arc_momentum: float = _D.arc_momentum, arc_weight_decay: float = _D.arc_weight_decay,
+                 alpha: float | None = _D.alpha, init: float = _D.init, init_noise: float = _D.init_noise,
+                 eps: float = _D.eps, seed: int = _D.seed, warmup_epochs: int = _D.warmup_epochs,
+                 gradient_clip_val: float | None = _D.gradient_clip_val, other_choices: str = _D.other_choices,
+                 undecided_warn_fraction: float = _D.undecided_warn_fraction,
+                 log_every_n_steps: int = _D.log_every_n_steps,
                  run_dir: str | os.PathLike | None = None, mutation_hooks: list | None = None, **kwargs: Any):
         self.config = SparseMaskConfig(
             lambda_sparse=lambda_sparse, threshold=threshold, loss=loss, optimization=optimization,

@@ -1,0 +1,253 @@
+"""The typed configs of a run: the ONE place every default lives.
+
+The CLI (``sparsemask ... --help`` prints these values), the comparison's trial settings, the demo and the Python
+API all take their defaults from the dataclasses here; ``tests/test_defaults.py`` checks that they agree.
+
+* :class:`DataConfig` -- which data set, at which size, in which batches;
+* :class:`ModelConfig` -- the network around the decoder (backbone, its weights, ``C_dec``);
+* :class:`TrainConfig` -- training a fixed network (retraining, hand-designed decoders);
+* :class:`SearchConfig` -- the one-shot search's schedule (the strategy's own settings are its arguments);
+* :class:`EvalConfig` -- how speed is measured (FPS input side, batch, timed seconds);
+* :class:`PretrainConfig` -- the backbone's digit-classification pre-training (its hash names the cache file).
+
+Each config is saved in the run directory's ``config.json`` and read back with :func:`config_from_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "SearchConfig", "EvalConfig", "PretrainConfig", "DATASETS", "PRETRAINED",
+           "DEFAULT_BACKBONE_KWARGS", "default_backbone_kwargs", "checked_fields", "config_from_dict"]
+
+#: constructor arguments a backbone gets when none are given (the demo's small convnet); others get none
+DEFAULT_BACKBONE_KWARGS: dict[str, dict[str, Any]] = {"convnet": {"widths": [16, 32, 48, 64, 96]}}
+
+
+def default_backbone_kwargs(backbone: str) -> dict[str, Any]:
+    """A fresh copy of :data:`DEFAULT_BACKBONE_KWARGS` for ``backbone`` (``{}`` for the others)."""
+    return json.loads(json.dumps(DEFAULT_BACKBONE_KWARGS.get(backbone, {})))
+
+
+DATASETS = ("digitscenes", "voc")
+PRETRAINED = "pretrained"  # backbone_weights value: the cached DigitScenes classifier (sparsemask pretrain)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, at which size.
+
+    Attributes:
+        dataset: ``digitscenes`` (built in) or ``voc`` (PASCAL VOC 2012 under ``root``; ``train_aug`` when
+            ``sbd_root`` is given).
+        root / sbd_root: data set folders (``voc`` only).
+        image_size: DigitScenes scene side; the VOC training crop (and the padded eval size).
+        train_scenes / val_scenes: DigitScenes split sizes.
+        batch_size: training batch size (evaluation uses 4x).
+        task: DigitScenes view (``segmentation``, ``saliency``, ``edges``).
+        seed: seeds the scenes and the batch order.
+    """
+
+    dataset: str = "digitscenes"
+    root: Optional[str] = None
+    sbd_root: Optional[str] = None
+    image_size: int = 64
+    train_scenes: int = 2000
+    val_scenes: int = 500
+    batch_size: int = 16
+    task: str = "segmentation"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        if self.dataset == "voc" and not self.root:
+            raise ValueError("dataset 'voc' needs its root (--data-root), the folder that holds VOCdevkit/VOC2012")
+        for name in ("image_size", "train_scenes", "val_scenes", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.task not in ("segmentation", "saliency", "edges"):
+            raise ValueError(f"unknown task {self.task!r}; use segmentation, saliency or edges")
+
+    @property
+    def num_classes(self) -> int:
+        if self.dataset == "voc":
+            return 21
+        from nni_sparsemask.data.digitscenes import NUM_CLASSES
+        return NUM_CLASSES[self.task]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network around the decoder.
+
+    Attributes:
+        backbone: encoder name (``convnet``, ``mobilenet_v2``, ``resnet18``, ...).
+        backbone_kwargs: its constructor arguments (``{"widths": [...]}``, ``{"width_mult": 0.5}``).
+        backbone_weights: ``"pretrained"`` (the cached DigitScenes digit classifier of ``sparsemask pretrain``,
+            trained on first use), a local ``state_dict`` file, a torchvision weights name, or None (random).
+        decoder_channels: ``C_dec`` of the FDN decoder stages (ASPP channels for DeepLabV3).
+    """
+
+    backbone: str = "convnet"
+    backbone_kwargs: dict = field(default_factory=lambda: default_backbone_kwargs("convnet"))
+    backbone_weights: Optional[str] = PRETRAINED
+    decoder_channels: int = 32
+
+    def __post_init__(self) -> None:
+        from nni_sparsemask.fdn.backbones import available_backbones
+        object.__setattr__(self, "backbone_kwargs", json.loads(json.dumps(dict(self.backbone_kwargs or {}))))
+        if self.backbone not in available_backbones():
+            raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(available_backbones())}")
+        if isinstance(self.decoder_channels, bool) or not isinstance(self.decoder_channels, int) \
+                or self.decoder_channels < 1:
+            raise ValueError(f"decoder_channels must be a positive integer, got {self.decoder_channels!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of a fixed network (retraining, the hand-designed decoders) with L_task only: SGD (momentum 0.9)
+    with poly decay (power 0.9), see :mod:`.lightning`.
+
+    Attributes:
+        epochs: passes over the training set.
+        learning_rate: encoder learning rate (the paper's 0.005 is for VOC with ImageNet weights; 0.02 is what
+            the DigitScenes runs were measured with).
+        decoder_lr_mult: decoder learning rate / encoder learning rate (paper: 10).
+        weight_decay: SGD weight decay (paper: 4e-5).
+        seed: seeds the network's initial weights and every epoch (batch order, augmentation).
+    """
+
+    epochs: int = 15
+    learning_rate: float = 0.02
+    decoder_lr_mult: float = 10.0
+    weight_decay: float = 4e-5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+
+
+def checked_fields(cls, data: Any, where: str, noun: Optional[str] = None) -> dict[str, Any]:
+    """``data`` as a dict after checking that it is a JSON object whose keys are fields of dataclass ``cls``."""
+    from collections.abc import Mapping
+    noun = noun or f"{cls.__name__} field"
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown {noun}(s) {unknown}; known: {sorted(known)}")
+    return dict(data)
+
+
+def config_from_dict(cls, data: Any, where: str):
+    """``cls(**data)`` with a clear error for unknown fields (configs read back from JSON)."""
+    return cls(**checked_fields(cls, data, where))
+
+
+def _positive_int(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner} {name} must be an integer >= 1, got {value!r}")
+
+
+def _positive_number(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{owner} {name} must be a number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The schedule of a one-shot search (SparseMask, L1, MaskConnect); the strategy's own arguments
+    (lambda, sigma, k, ...) are validated by :mod:`.registry`.
+
+    Attributes:
+        epochs: search epochs.
+        learning_rate: encoder learning rate of the network weights (decoder x ``decoder_lr_mult`` as in training).
+        arc_learning_rate: learning rate of the architecture weights w.
+    """
+
+    epochs: int = 15
+    learning_rate: float = 0.02
+    arc_learning_rate: float = 0.02
+
+    def __post_init__(self) -> None:
+        _positive_int("search", "epochs", self.epochs)
+        _positive_number("search", "learning_rate", self.learning_rate)
+        _positive_number("search", "arc_learning_rate", self.arc_learning_rate)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a trained network's speed is measured (its scores need no settings).
+
+    Attributes:
+        fps_size: side of the square input FPS is timed at (the paper: 512).
+        fps_batch: batch size of the timing (the paper: 1).
+        fps_seconds: seconds of timed forwards per measurement.
+    """
+
+    fps_size: int = 512
+    fps_batch: int = 1
+    fps_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        _positive_int("eval", "fps_size", self.fps_size)
+        _positive_int("eval", "fps_batch", self.fps_batch)
+        _positive_number("eval", "fps_seconds", self.fps_seconds)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """What a pre-trained backbone is made of; any change gives another cache file.
+
+    Attributes:
+        backbone: registry name (``convnet``, ``mobilenet_v2``, ...).
+        backbone_kwargs: constructor arguments of the backbone (e.g. ``{"widths": [16, 32, 48, 64, 96]}``).
+        image_size: side of the classification scenes (the segmentation image size of the demo).
+        num_scenes: training scenes (one digit each); validation uses ``num_scenes // 4`` val scenes.
+        epochs: passes over the training scenes (>= 1).
+        batch_size: images per step.
+        lr: peak AdamW learning rate.
+        warmup_epochs: linear warm-up length (fraction of an epoch allowed).
+        weight_decay: AdamW weight decay.
+        seed: seeds the weights, the scenes and the batch order.
+    """
+
+    backbone: str = "convnet"
+    backbone_kwargs: dict = field(default_factory=lambda: default_backbone_kwargs("convnet"))
+    image_size: int = 64
+    num_scenes: int = 6000
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_epochs: float = 1.0
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; normalise so that the cache key is stable
+        object.__setattr__(self, "backbone_kwargs", json.loads(json.dumps(dict(self.backbone_kwargs))))
+        for name in ("epochs", "batch_size", "num_scenes", "image_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"pretrain {name} must be a positive int, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"pretrain lr must be > 0, got {self.lr!r}")
+        if self.warmup_epochs < 0 or self.weight_decay < 0:
+            raise ValueError("pretrain warmup_epochs and weight_decay must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Short hash of the config: the cache file name."""
+        import hashlib
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
