@@ -272,8 +272,11 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from nni_sparsemask.run.checkpoints import AtomicCheckpointIO, check_checkpoint
     from nni_sparsemask.run.lightning import SegmentationModule
 
+    last = run.checkpoints / "last.ckpt"
+    resume_from = check_checkpoint(last) if resume and last.is_file() else None  # a broken one: one line, now
     module = SegmentationModule(num_classes=data.num_classes, learning_rate=train.learning_rate,
                                 decoder_lr_mult=train.decoder_lr_mult, weight_decay=train.weight_decay,
                                 seed=train.seed)
@@ -284,11 +287,11 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
     history = history_callback(run, t0)
     ckpt = ModelCheckpoint(dirpath=run.checkpoints, filename="epoch{epoch}", save_last=True, save_top_k=0,
                            auto_insert_metric_name=False)
-    last = run.checkpoints / "last.ckpt"
     trainer = pl.Trainer(max_epochs=train.epochs, accelerator=accelerator, devices=1, logger=False,
                          callbacks=[history, ckpt], enable_progress_bar=progress, num_sanity_val_steps=0,
-                         enable_model_summary=False, default_root_dir=str(run.path))
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
+                         enable_model_summary=False, default_root_dir=str(run.path),
+                         plugins=[AtomicCheckpointIO()])  # a kill never leaves a half last.ckpt
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
     return net, history.rows, time.time() - t0
 
 
