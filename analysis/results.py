@@ -4,9 +4,13 @@
 
 * a root directory, scanned recursively: every directory holding ``metrics.json`` is a finished run
   (``config.json``, ``connectivity.json`` and ``history.csv`` beside it are optional), or
-* an NNI experiment, by id (viewed through ``nni.experiment.Experiment`` and stopped again) or as an object
-  with ``export_data()``: each trial's final result ``{'default': miou, 'fps': ..., 'run_dir': ...}`` gives a
-  row, read from ``run_dir`` when that directory holds ``metrics.json``, else from the final result itself.
+* an NNI experiment, by id (read from its database, ``<experiments dir>/<id>/db/nni.sqlite``, read-only and
+  without starting NNI's manager: :mod:`.nni_db`; ``experiments_dir`` = the experiment's
+  ``experimentWorkingDirectory`` when it is not ``~/nni-experiments``) or as an object with ``export_data()`` (a
+  running ``nni.experiment.Experiment``): each succeeded trial's final result ``{'default': miou, 'fps': ...,
+  'run_dir': ...}`` gives a row, read from ``run_dir`` when that directory holds ``metrics.json``, else from the
+  final result itself. A trial that reports the run directory of an earlier trial (NNI ran the entry again after
+  a resume and the trial reused the finished run) is skipped: every run is counted once.
 
 A run whose ``metrics.json`` is corrupt or incomplete is skipped with a ``UserWarning`` naming the file; the
 skipped runs are kept in ``df.attrs["skipped"]`` (see :func:`skipped_runs`) for the report. A root without any
@@ -26,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from .families import family_of
+from .nni_db import find_database, read_trials
 
 __all__ = ["load_results", "save_csv", "skipped_runs", "find_runs", "read_run", "SkippedRun", "CORE_COLUMNS"]
 
@@ -167,30 +171,8 @@ def _skip(skipped: list[SkippedRun], path: str, reason: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ NNI
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _view_experiment(experiment_id: str) -> Any:
-    """Start NNI's manager in view mode on a free port for a stopped experiment (the caller stops it). Like
-    ``sparsemask compare``, the manager gets the ``loopback.js`` preload: it listens on 127.0.0.1 only."""
-    from nni.experiment import Experiment  # imported here: NNI is slow to import
-
-    from nni_sparsemask.comparison.manager import loopback_environment, temporary_environ
-
-    exp = Experiment(None, id=experiment_id)
-    if not exp.has_checkpoint():
-        raise FileNotFoundError(
-            f"{experiment_id!r} is neither a directory nor an NNI experiment id known here (see `nnictl experiment "
-            f"list --all`)")
-    with temporary_environ(**loopback_environment()):
-        return exp.view(port=_free_port(), non_blocking=True)
-
-
 def _final_result(value: Any) -> Any:
-    # NNI hands the final metric back as parsed JSON; some versions double-encode it as a JSON string.
+    # NNI's export hands the final metric back parsed once; the database holds it JSON-encoded twice.
     for _ in range(2):
         if isinstance(value, str):
             try:
@@ -244,30 +226,37 @@ def _rows_from_trials(trials: Iterable[Any], skipped: list[SkippedRun], label: s
 
 
 # ------------------------------------------------------------------------------------------------ public
-def load_results(source: Any) -> pd.DataFrame:
+def load_results(source: Any, experiments_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per finished run from a root of run directories, an NNI experiment id, or an object with
-    ``export_data()`` (an ``nni.experiment.Experiment``). See the module docstring for the columns."""
+    ``export_data()`` (an ``nni.experiment.Experiment``). See the module docstring for the columns.
+
+    ``experiments_dir``: where an experiment id's folder is (its ``experimentWorkingDirectory``); by default
+    ``$NNI_EXPERIMENT_DIR``, the directory NNI's experiment list records for the id and ``~/nni-experiments``
+    (:func:`.nni_db.find_database`). A corrupt or unreadable database is a ``ValueError``
+    (:class:`.nni_db.NNIDatabaseError`)."""
     skipped: list[SkippedRun] = []
+    what = f"a run is a directory holding {METRICS}"
     if hasattr(source, "export_data"):
         rows = _rows_from_trials(source.export_data(), skipped, f"experiment {getattr(source, 'id', '')}".strip())
-        label = "the experiment"
+        label, what = "the experiment", "a run is a succeeded trial with a final result"
     elif isinstance(source, (str, Path)):
         path = Path(source)
         if path.exists() or not (isinstance(source, str) and _EXPERIMENT_ID.fullmatch(source)):
             rows = _rows_from_root(path, skipped)
             label = str(path)
         else:
-            exp = _view_experiment(source)
             try:
-                rows = _rows_from_trials(exp.export_data(), skipped, f"experiment {source}")
-            finally:
-                exp.stop()
-            label = f"NNI experiment {source}"
+                database = find_database(source, experiments_dir)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{source!r} is neither a directory nor an NNI experiment id known here: "
+                                        f"{err}") from None
+            rows = _rows_from_trials(read_trials(database), skipped, f"experiment {source}")
+            label, what = f"NNI experiment {source} ({database})", "a run is a succeeded trial with a final result"
     else:
         raise ValueError(f"load_results needs a directory, an NNI experiment id or an Experiment, got {source!r}")
     if not rows:
         detail = (f"; skipped {len(skipped)}: " + "; ".join(f"{s.path} ({s.reason})" for s in skipped)) if skipped else ""
-        raise ValueError(f"no finished runs in {label} (a run is a directory holding {METRICS}){detail}")
+        raise ValueError(f"no finished runs in {label} ({what}){detail}")
     df = _frame(rows)
     df.attrs["skipped"] = [asdict(s) for s in skipped]
     return df

@@ -231,38 +231,20 @@ def test_nni_trial_result_double_encoded_value(tmp_path):
     assert row["run_dir"] == str(tmp_path / "gone") and pd.isna(row["connectivity"])  # run dir missing: from result
 
 
-def test_nni_experiment_id_views_and_stops(root, monkeypatch):
-    fake = FakeExperiment(_fake_trials(root)[:2])
-    seen = []
-    monkeypatch.setattr(results, "_view_experiment", lambda exp_id: seen.append(exp_id) or fake)
-    df = results.load_results("abc123XY")
-    assert seen == ["abc123XY"] and fake.stopped and len(df) == 2
-
-
-def test_view_mode_manager_gets_the_loopback_preload(monkeypatch):
-    import os
-
+def test_an_experiment_id_is_read_without_nni_manager(tmp_path, monkeypatch):
+    # an id is read from the experiment's database (tests/test_nni_reading.py): no Experiment, no manager
     import nni.experiment
 
-    seen = {}
+    class NoManager:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("load_results started NNI's manager")
 
-    class FakeNNIExperiment:
-        def __init__(self, config, id):
-            seen["id"] = id
-
-        def has_checkpoint(self):
-            return True
-
-        def view(self, port, non_blocking):
-            seen["node_options"] = os.environ.get("NODE_OPTIONS", "")
-            return self
-
-    monkeypatch.setattr(nni.experiment, "Experiment", FakeNNIExperiment)
-    monkeypatch.setenv("NODE_OPTIONS", "--max-old-space-size=512")
-    assert isinstance(results._view_experiment("abc123XY"), FakeNNIExperiment)
-    assert seen["id"] == "abc123XY" and "loopback.js" in seen["node_options"]
-    assert seen["node_options"].startswith("--max-old-space-size=512")  # the user's options are kept
-    assert os.environ["NODE_OPTIONS"] == "--max-old-space-size=512"  # and restored after the start
+    monkeypatch.setattr(nni.experiment, "Experiment", NoManager)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no database of NNI experiment 'abc123XY'; looked at "
+                                                f"{tmp_path / 'nni' / 'abc123XY' / 'db' / 'nni.sqlite'}"):
+        results.load_results("abc123XY", experiments_dir=tmp_path / "nni")
+    assert not (tmp_path / "nni").exists()  # nothing created
 
 
 # ------------------------------------------------------------------------------------------------ table

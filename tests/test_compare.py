@@ -103,6 +103,221 @@ def test_loopback_environment_keeps_existing_node_options(monkeypatch):
     assert options.startswith("--max-old-space-size=2048 --require ") and str(manager.LOOPBACK_JS) in options
 
 
+# ------------------------------------------------------------------------------------------------ reporting to NNI
+# The library calls NNI's public nni.report_intermediate_result / nni.report_final_result and nothing else of NNI's
+# trial API; these tests replace the two to record the calls.
+TRIAL_ENV = {"NNI_PLATFORM": "local", "NNI_EXP_ID": "exp123ab", "NNI_TRIAL_JOB_ID": "Ab1cD"}
+
+
+def _trial_environment(monkeypatch, inside: bool) -> None:
+    for name, value in TRIAL_ENV.items():
+        if inside:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def nni_reports(monkeypatch):
+    """The reports sent to NNI, as ``[("intermediate" | "final", value), ...]``."""
+    import nni
+
+    calls = []
+    monkeypatch.setattr(nni, "report_intermediate_result", lambda value: calls.append(("intermediate", value)))
+    monkeypatch.setattr(nni, "report_final_result", lambda value: calls.append(("final", value)))
+    return calls
+
+
+def test_a_trial_is_told_by_nni_trial_environment(monkeypatch):
+    import nni
+
+    from nni_sparsemask.run.lightning import in_nni_trial
+
+    _trial_environment(monkeypatch, inside=False)
+    # what an in-process NasExperiment leaves behind (its model as NNI's current parameter) is not a trial
+    monkeypatch.setattr(nni, "get_current_parameter", lambda *args, **kwargs: {"model": 1})
+    assert not in_nni_trial()
+    _trial_environment(monkeypatch, inside=True)
+    assert in_nni_trial()
+    monkeypatch.setenv("NNI_PLATFORM", "unittest")  # NNI's stand-alone mode
+    assert not in_nni_trial()
+    monkeypatch.setenv("NNI_PLATFORM", "local")
+    monkeypatch.delenv("NNI_TRIAL_JOB_ID")
+    assert not in_nni_trial()
+
+
+def _fit(tmp_path, report_to_nni, validate=False):
+    """Two epochs of a 1x1 conv on random tensors (plus a sanity check, which never reports)."""
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nni_sparsemask.run.lightning import SegmentationModule
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(4, 3, 8, 8, generator=generator),
+                         torch.randint(0, 3, (4, 8, 8), generator=generator))
+    module = SegmentationModule(num_classes=3)
+    module.set_model(torch.nn.Conv2d(3, 3, 1))
+    module.report_to_nni = report_to_nni
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+                         default_root_dir=str(tmp_path))
+    loader = DataLoader(data, batch_size=2)
+    trainer.fit(module, loader, loader)
+    if validate:
+        trainer.validate(module, loader, verbose=False)
+
+
+@pytest.mark.parametrize("report_to_nni,inside,expected", [
+    # as NNI's evaluators: each validation epoch (2 of the fit, 1 of the validate), the end of fit and of validate
+    (None, True, ["intermediate", "intermediate", "final", "intermediate", "final"]),
+    (None, False, []),  # not a trial
+    (True, True, ["intermediate"] * 3),  # no final result: the caller reports its own
+    (True, False, ["intermediate"] * 3),
+    (False, True, []),
+])
+def test_the_training_module_reports_what_it_is_told(tmp_path, monkeypatch, nni_reports, report_to_nni, inside,
+                                                     expected):
+    _trial_environment(monkeypatch, inside)
+    _fit(tmp_path, report_to_nni, validate=True)
+    assert [kind for kind, _ in nni_reports] == expected
+    for _, value in nni_reports:
+        assert set(value) == {"default", "pixel_accuracy", "fg_iou", "val_loss"}
+    if expected[2:3] == ["final"]:
+        assert nni_reports[2][1] == nni_reports[1][1]  # the final result is the last epoch's
+
+
+def test_the_trial_reports_its_retraining_and_one_final_result(tmp_path, monkeypatch, nni_reports, capsys):
+    import nni
+
+    from nni_sparsemask.comparison import trial
+
+    parameters = {"params": {"_name": "fcn"}, "seed": 0}
+    argv = ["--results", str(tmp_path / "runs"), "--settings", json.dumps({**TINY, "retrain_epochs": 2})]
+    _trial_environment(monkeypatch, inside=True)
+    monkeypatch.setattr(nni, "get_next_parameter", lambda: parameters)
+    assert trial.main(argv) == 0
+    assert [kind for kind, _ in nni_reports] == ["intermediate", "intermediate", "final"]
+    assert all("phase" not in value for _, value in nni_reports)
+    final = nni_reports[-1][1]
+    metrics = json.loads((tmp_path / "runs" / "fcn_seed=0" / "retrain" / "metrics.json").read_text())
+    assert final["default"] == metrics["miou"] and final["fps"] == metrics["fps"] and final["reused"] is False
+    assert Path(final["run_dir"]) == (tmp_path / "runs" / "fcn_seed=0" / "retrain").resolve()
+
+    # the same entry by hand (--params): nothing is reported, in NNI's environment or not
+    nni_reports.clear()
+    assert trial.main(argv + ["--params", json.dumps(parameters)]) == 0
+    _trial_environment(monkeypatch, inside=False)
+    assert trial.main(argv + ["--params", json.dumps(parameters)]) == 0
+    assert nni_reports == []
+    # no --params outside NNI: a clear error, NNI's trial API is not asked for parameters
+    monkeypatch.setattr(nni, "get_next_parameter", lambda: pytest.fail("asked NNI for parameters"))
+    capsys.readouterr()
+    assert trial.main(argv) == 2
+    assert "not started by NNI as a trial" in capsys.readouterr().err
+
+
+def test_a_one_shot_search_runs_apart_only_inside_a_trial(tmp_path, monkeypatch):
+    import nni_sparsemask.run.steps as steps
+    from nni_sparsemask.comparison import trial
+
+    calls = []
+    monkeypatch.setattr(steps, "run_search", lambda **kwargs: calls.append(("here", kwargs["strategy"])))
+    monkeypatch.setattr(trial, "_search_in_own_process",
+                        lambda target, kwargs, log: calls.append(("apart", kwargs["strategy"], target)))
+    monkeypatch.setattr(trial, "_retrain", lambda *args, **kwargs: {})
+    settings = trial.preset_settings("quick", TINY)
+    for params, report in [({"_name": "sparsemask"}, True), ({"_name": "sparsemask"}, False),
+                           ({"_name": "rand_rule"}, True)]:
+        entry = trial.parse_entry({"params": params, "seed": 0})
+        trial._run_entry(entry, settings, tmp_path / entry.key, report=report, progress=False, log=lambda m: None)
+    assert calls == [("apart", "sparsemask", steps.run_search), ("here", "sparsemask"), ("here", "rand_rule")]
+
+
+# module-level: they run in the process _search_in_own_process starts (pickled by name)
+def _like_an_in_process_experiment(log, parameter_id):
+    """What NNI's sequential engine does to NNI's module state (its channel hands out its model as the current
+    parameter), and a report under it; logs what it sees."""
+    import os
+
+    import nni
+    from nni.runtime.trial_command_channel import TrialCommandChannel, set_default_trial_command_channel
+
+    class EngineChannel(TrialCommandChannel):
+        def receive_parameter(self):
+            return {"parameter_id": parameter_id, "parameter_source": "engine", "parameters": {"model": 1},
+                    "parameter_index": 0}
+
+        def send_metric(self, type, parameter_id, trial_job_id, sequence, value):  # noqa: A002
+            log(f"engine got {type} {value} for parameter {parameter_id}")
+
+    log("environment: " + ", ".join(f"{name}={os.environ.get(name)}" for name in TRIAL_ENV))
+    set_default_trial_command_channel(EngineChannel())
+    nni.get_next_parameter()
+    nni.report_intermediate_result(0.5)
+    log(f"current parameter: {nni.get_current_parameter()}")
+
+
+def _fails(log, message):
+    log("started")
+    raise ValueError(message)
+
+
+def _dies(log):
+    import os
+    os._exit(5)
+
+
+def test_search_apart_leaves_the_trial_state_alone(monkeypatch):
+    import nni
+    import nni.runtime.trial_command_channel as channels
+    import nni.trial
+    from nni.runtime.trial_command_channel import TrialCommandChannel
+
+    from nni_sparsemask.comparison import trial
+
+    class TrialChannel(TrialCommandChannel):  # stands for the trial's channel to NNI's manager
+        sent = []
+
+        def receive_parameter(self):
+            return {"parameter_id": 7, "parameter_source": "algorithm", "parameters": {"entry": 1},
+                    "parameter_index": 0}
+
+        def send_metric(self, type, parameter_id, trial_job_id, sequence, value):  # noqa: A002
+            self.sent.append((type, parameter_id, sequence, value))
+
+    monkeypatch.setattr(channels, "_channel", None)  # NNI's state as it was after the test
+    monkeypatch.setattr(nni.trial, "_params", None)
+    monkeypatch.setattr(nni.trial, "_intermediate_seq", 0)
+    _trial_environment(monkeypatch, inside=True)
+    channels.set_default_trial_command_channel(TrialChannel())
+    assert nni.get_next_parameter() == {"entry": 1}
+
+    lines = []
+    trial._search_in_own_process(_like_an_in_process_experiment, {"parameter_id": 0}, lines.append)
+    assert lines == ["environment: NNI_PLATFORM=None, NNI_EXP_ID=None, NNI_TRIAL_JOB_ID=None",
+                     "engine got PERIODICAL 0.5 for parameter 0", "current parameter: {'model': 1}"]
+    # here: the trial's parameter, its environment, and its reports carry its parameter id from sequence 0
+    assert nni.get_current_parameter() == {"entry": 1}
+    assert all(os.environ[name] == value for name, value in TRIAL_ENV.items())
+    nni.report_intermediate_result(0.6)
+    nni.report_final_result(0.6)
+    assert TrialChannel.sent == [("PERIODICAL", 7, 0, 0.6), ("FINAL", 7, 0, 0.6)]
+
+
+def test_search_apart_raises_what_the_search_raised():
+    from nni_sparsemask.comparison import trial
+
+    lines = []
+    with pytest.raises(ValueError, match="^bad strategy argument$") as info:
+        trial._search_in_own_process(_fails, {"message": "bad strategy argument"}, lines.append)
+    assert lines == ["started"]
+    assert "in _fails" in str(info.value.__cause__)  # the traceback of the search's process
+    with pytest.raises(RuntimeError, match=r"ended without a result \(exit code 5\)"):
+        trial._search_in_own_process(_dies, {}, lines.append)
+
+
 # ------------------------------------------------------------------------------------------------ checks
 def test_config_errors_are_clear_and_early(tmp_path):
     with pytest.raises(FileNotFoundError, match="experiment config not found"):

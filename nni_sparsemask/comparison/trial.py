@@ -29,9 +29,12 @@ A rerun of a finished entry reports its ``metrics.json`` again without training;
 (``resume``) from its last checkpoint. A lock (``RESULTS/.locks/<key>.lock``) keeps two trials from working
 on the same entry at once (NNI may hand a resumed entry out twice).
 
-Reported to NNI: every validation epoch of the search and of the retraining as an intermediate result
-(``{"default": val mIoU, ..., "phase": "search" | "retrain"}``) and at the end the final result
-``{"default": mIoU, "fps", "params_decoder", "edges", "run_dir", ...}``.
+Reported to NNI inside a trial (NNI's trial environment: ``run.lightning.in_nni_trial``; not with ``--params``),
+with ``nni.report_intermediate_result`` / ``nni.report_final_result``: every validation epoch of the retraining
+(``{"default": val mIoU, ...}``), then the trial's one final result ``{"default": mIoU, "fps", "run_dir", ...}``.
+Not the search: a one-shot search is an in-process ``NasExperiment``, whose engine hands its model out through
+NNI's trial API and leaves it as the process's current parameter (every later report would carry the engine's
+parameter id): inside a trial it runs in a process of its own (:func:`_search_in_own_process`).
 """
 from __future__ import annotations
 
@@ -40,7 +43,10 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import pickle
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -161,57 +167,72 @@ def preset_settings(name: str, overrides: Optional[Mapping[str, Any]] = None) ->
     return TrialSettings.from_dict(merged, f"preset {name!r} with --settings")
 
 
-# ------------------------------------------------------------------------------------------------ NNI reporting
-@contextlib.contextmanager
-def _reporting_phase(phase: str, enabled: bool) -> Iterator[None]:
-    """While the block runs (a search or a retraining), NNI reports go to the trial, once each:
+# ------------------------------------------------------------------------------------------------ search apart
+def _search_in_own_process(target: Callable[..., Any], kwargs: Mapping[str, Any], log: Log,
+                           poll_seconds: float = 2.0) -> None:
+    """``target(**kwargs, log=...)`` in a process of its own (``spawn``, a picklable ``target``), started without
+    NNI's trial environment: what it does to NNI's module state stays there, and it cannot find the trial's channel.
+    Its ``log`` lines come back to ``log``, an exception it raises is raised here (its traceback as the cause), and
+    it stops when this process goes away."""
+    import multiprocessing
 
-    - every intermediate result (a validation epoch) is sent to the trial's channel, tagged with ``phase``;
-    - a final result (Lightning's end of fit) is not: the trial reports its one final result itself;
-    - an in-process one-shot ``NasExperiment`` runs its model under a channel of its own (the sequential
-      engine's) and calls ``nni.get_next_parameter()`` on it: its reports still reach that engine as without this
-      block, and the trial's parameter record (``nni.trial._params``, which the engine leaves replaced, as NNI's
-      ``Evaluator.mock_runtime`` notes) is put back afterwards.
-
-    The project's training code reports through ``nni.report_intermediate_result`` / ``nni.report_final_result``,
-    looked up at call time; those two names are what is replaced here, for the block only.
-    """
-    if not enabled:
-        yield
-        return
-    import nni
-    import nni.trial
     from nni.runtime.env_vars import trial_env_vars
-    from nni.runtime.trial_command_channel import get_default_trial_command_channel
 
-    trial_channel = get_default_trial_command_channel()
-    params = nni.trial._params
-    parameter_id = params["parameter_id"] if params else None
-    original_intermediate, original_final = nni.report_intermediate_result, nni.report_final_result
-    sequence = [nni.trial._intermediate_seq]
-
-    def under_inner_engine() -> bool:
-        return get_default_trial_command_channel() is not trial_channel
-
-    def intermediate(metric: Any) -> None:
-        if under_inner_engine():
-            original_intermediate(metric)
-        value = {**metric, "phase": phase} if isinstance(metric, Mapping) else metric
-        trial_channel.send_metric(type="PERIODICAL", parameter_id=parameter_id,
-                                  trial_job_id=trial_env_vars.NNI_TRIAL_JOB_ID, sequence=sequence[0], value=value)
-        sequence[0] += 1
-
-    def final(metric: Any) -> None:
-        if under_inner_engine():
-            original_final(metric)
-
-    nni.report_intermediate_result, nni.report_final_result = intermediate, final
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_own_process_main, args=(sender, os.getpid(), poll_seconds, target, dict(kwargs)),
+                              name="sparsemask-search")  # not a daemon: its data loaders may start workers
+    saved = {name: os.environ.pop(name) for name in trial_env_vars._fields if name in os.environ}
     try:
-        yield
+        process.start()  # with this environment, without NNI's trial variables
     finally:
-        nni.report_intermediate_result, nni.report_final_result = original_intermediate, original_final
-        nni.trial._params = params
-        nni.trial._intermediate_seq = sequence[0]
+        os.environ.update(saved)
+    sender.close()
+    outcome: Optional[tuple[str, Any]] = None
+    try:
+        while outcome is None:
+            kind, payload = receiver.recv()  # EOFError: it ended without an outcome (killed), told below
+            if kind == "log":
+                log(payload)
+            else:
+                outcome = (kind, payload)
+    except EOFError:
+        pass
+    finally:
+        receiver.close()
+        if outcome is None and process.is_alive():  # interrupted here (Ctrl-C, an error in log): it goes too
+            process.terminate()
+        process.join()
+    if outcome is None:
+        raise RuntimeError(f"the search process ended without a result (exit code {process.exitcode}); "
+                           "its output is in the log above")
+    if outcome[0] == "error":
+        error, text = outcome[1]
+        raise error from RuntimeError(f"in the search process:\n{text}")
+
+
+def _own_process_main(sender: Any, parent_pid: int, poll_seconds: float, target: Callable[..., Any],
+                      kwargs: dict[str, Any]) -> None:
+    """The body of :func:`_search_in_own_process`'s process: runs ``target``, sends back log lines and the outcome."""
+    def exit_with_parent() -> None:  # the trial was killed (NNI cancels it, say): no search goes on without it
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                os._exit(3)
+
+    threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
+    try:
+        target(**kwargs, log=lambda message: sender.send(("log", str(message))))
+        outcome: tuple[str, Any] = ("done", None)
+    except BaseException as err:  # noqa: BLE001 - everything goes back to the trial, which raises it
+        error: BaseException = err
+        try:
+            pickle.loads(pickle.dumps(err))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle comes back as its text
+            error = RuntimeError(f"{type(err).__name__}: {err}")
+        outcome = ("error", (error, traceback.format_exc()))
+    sender.send(outcome)
+    sender.close()
 
 
 @contextlib.contextmanager
@@ -258,20 +279,19 @@ def _retrain(out: Path, entry: GridEntry, settings: TrialSettings, model: ModelC
     train = TrainConfig(epochs=settings.retrain_epochs, learning_rate=settings.retrain_lr, seed=entry.seed)
     decoder = entry.method if entry.kind == "decoder" else None
     log(f"[trial] retrain {entry.describe()}: {train.epochs} epochs, run dir {out}")
-    with _reporting_phase("retrain", report):
-        return run_retrain(out, settings.data, model, train, connectivity=connectivity, decoder=decoder,
-                           fps_size=settings.fps_size, fps_batch=settings.fps_batch, fps_seconds=settings.fps_seconds,
-                           resume=True, progress=progress, accelerator=settings.accelerator, log=log,
-                           method=entry.method, params=entry.params, report_to_nni=report)
+    return run_retrain(out, settings.data, model, train, connectivity=connectivity, decoder=decoder,
+                       fps_size=settings.fps_size, fps_batch=settings.fps_batch, fps_seconds=settings.fps_seconds,
+                       resume=True, progress=progress, accelerator=settings.accelerator, log=log,
+                       method=entry.method, params=entry.params, report_to_nni=report)
 
 
 def run_entry(entry: GridEntry, settings: TrialSettings, results: str | Path, *, report: bool = False,
               progress: bool = False, log: Log = print) -> dict[str, Any]:
     """Run ``entry`` end to end under ``results`` (see the module docstring) and return its final result.
 
-    ``report``: send intermediate results to NNI (inside a trial). A finished entry is not run again; an
-    interrupted one resumes; an entry directory written with other settings is refused (``ValueError``). On an
-    exception the traceback is saved in the entry's ``error.txt`` and the exception propagates.
+    ``report``: report the retraining's epochs to NNI (inside a trial: see the module docstring). A finished
+    entry is not run again; an interrupted one resumes; an entry directory written with other settings is refused
+    (``ValueError``). On an exception the traceback is saved in the entry's ``error.txt`` and it propagates.
     """
     from nni_sparsemask.run.rundir import RunDir, read_json
 
@@ -318,11 +338,14 @@ def _run_entry(entry: GridEntry, settings: TrialSettings, entry_dir: Path, *, re
     connectivity = None
     if entry.kind != "decoder":
         search_dir = entry_dir / SEARCH_SUBDIR
-        with _reporting_phase("search", report):
-            run_search(search_dir, entry.method, entry.strategy_args, settings.data, model,
-                       epochs=settings.search_epochs, learning_rate=settings.search_lr,
-                       arc_learning_rate=settings.arc_lr, resume=True, progress=progress,
-                       accelerator=settings.accelerator, log=log)
+        search = dict(out=search_dir, strategy=entry.method, strategy_args=entry.strategy_args, data=settings.data,
+                      model=model, epochs=settings.search_epochs, learning_rate=settings.search_lr,
+                      arc_learning_rate=settings.arc_lr, resume=True, progress=progress,
+                      accelerator=settings.accelerator)
+        if report and entry.kind == "oneshot":  # not in the trial's process (see the module docstring)
+            _search_in_own_process(run_search, search, log)
+        else:
+            run_search(**search, log=log)
         connectivity = search_dir / "connectivity.json"
         if entry.kind == "sampler":
             connectivity = search_dir / "samples" / f"sample-{entry.sample:02d}.json"
@@ -385,6 +408,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.params is not None:
             parameters, inside_nni = _json_arg(args.params, "--params"), False
         else:
+            from nni_sparsemask.run.lightning import in_nni_trial
+            if not in_nni_trial():
+                raise ValueError("not started by NNI as a trial (no NNI_PLATFORM / NNI_TRIAL_JOB_ID in the "
+                                 "environment): run it from an NNI experiment, or give the entry with --params")
             import nni
             parameters, inside_nni = nni.get_next_parameter(), True
             if parameters is None:

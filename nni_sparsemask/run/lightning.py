@@ -24,13 +24,16 @@ Use it as NNI's ``Classification``::
 
 Logged metrics: ``train_loss`` (per step and epoch), ``val_loss``, ``val_miou``, ``val_pixacc`` and
 ``val_fg_iou`` (foreground = every class but 0 vs background: shows a collapse to "background only"). Run as
-an NNI trial, each validation epoch reports ``{"default": val_miou, ...}`` with ``nni.report_intermediate_result``
-and the end of ``fit`` reports the last one with ``nni.report_final_result``.
+an NNI trial (:func:`in_nni_trial`: NNI's trial environment variables), each validation epoch reports
+``{"default": val_miou, ...}`` with ``nni.report_intermediate_result`` and the end of ``fit`` reports the last one
+with ``nni.report_final_result``, as NNI's own Lightning evaluators do; ``SegmentationModule.report_to_nni`` lets
+the caller decide instead (the comparison trial reports the epochs of its retraining and a final result of its own).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -46,11 +49,21 @@ from nni_sparsemask.measure.metrics import SegmentationMetrics
 
 __all__ = [
     "SegmentationTrainConfig", "SegmentationModule", "Segmentation", "PolyLR", "poly_lr", "is_arch_parameter",
-    "split_parameters", "segmentation_scores", "DigitScenesLoader", "ARCH_PARAMETER_MARKER",
+    "split_parameters", "segmentation_scores", "DigitScenesLoader", "ARCH_PARAMETER_MARKER", "in_nni_trial",
 ]
 
 #: substring that marks an architecture parameter's name (``SparseMixedInput._arch_w``)
 ARCH_PARAMETER_MARKER = "_arch_"
+
+
+def in_nni_trial() -> bool:
+    """True when NNI's training service started this process as a trial: it sets ``NNI_PLATFORM`` and
+    ``NNI_TRIAL_JOB_ID`` (with ``NNI_EXP_ID``, ..., see ``nni.runtime.env_vars``) for every trial;
+    ``NNI_PLATFORM=unittest`` is NNI's own stand-alone mode. Read from the environment when called, not from NNI's
+    trial state, which an in-process ``NasExperiment`` leaves set (its engine hands its model out as the trial's
+    parameter)."""
+    platform = os.environ.get("NNI_PLATFORM")
+    return bool(platform) and platform != "unittest" and bool(os.environ.get("NNI_TRIAL_JOB_ID"))
 
 
 def is_arch_parameter(name: str) -> bool:
@@ -202,7 +215,10 @@ class SegmentationModule(LightningModule):
         self._metrics = SegmentationMetrics(self.config.num_classes, self.config.ignore_index)
         self._val_loss_sum = 0.0
         self._val_pixels = 0
-        #: report results to NNI: None = when inside a trial (see ``_reporting``), True / False = always / never
+        #: what goes to NNI (see ``_reporting``): None = as NNI's evaluators when this process is an NNI trial
+        #: (:func:`in_nni_trial`): every validation epoch as an intermediate result, the end of fit (or of a
+        #: ``validate``) as the final result; True = every validation epoch as an intermediate result and no final
+        #: result (the caller reports its own); False = nothing
         self.report_to_nni: Optional[bool] = None
         #: scores of the last finished validation epoch (``val_miou``, ``val_pixacc``, ``val_fg_iou``, ``val_loss``)
         self.last_scores: dict[str, float] = {}
@@ -269,12 +285,14 @@ class SegmentationModule(LightningModule):
         if not self.trainer.sanity_checking and self._reporting():
             nni.report_intermediate_result(self._report())
 
-    def _reporting(self) -> bool:
-        """Report to NNI? ``report_to_nni`` when set (True / False), else whenever NNI has handed out a parameter
-        (inside a trial; note that an in-process ``NasExperiment`` leaves one set afterwards)."""
-        if self.report_to_nni is not None:
-            return bool(self.report_to_nni)
-        return nni.get_current_parameter() is not None
+    def _reporting(self, final: bool = False) -> bool:
+        """Send this result (an epoch's, or with ``final`` the end's) to NNI? See ``report_to_nni``.
+
+        Not ``nni.get_current_parameter() is not None`` (the test of NNI's own evaluators): an in-process
+        ``NasExperiment`` leaves its model set as the current parameter after it ran, outside trials too."""
+        if self.report_to_nni is None:
+            return in_nni_trial()
+        return bool(self.report_to_nni) and not final
 
     def _report(self) -> dict[str, Optional[float]]:
         """What NNI receives: ``default`` = val mIoU; ``nan`` (e.g. no foreground at all) becomes ``None`` (JSON)."""
@@ -284,13 +302,12 @@ class SegmentationModule(LightningModule):
         return {k: (None if v is None or math.isnan(v) else float(v)) for k, v in out.items()}
 
     def on_fit_end(self) -> None:
-        if self._reporting() and self.last_scores:
+        if self.last_scores and self._reporting(final=True):
             nni.report_final_result(self._report())
 
     def on_validation_end(self) -> None:
         from pytorch_lightning.trainer.states import TrainerFn
-        if self.trainer.state.fn == TrainerFn.VALIDATING and self._reporting() \
-                and self.last_scores:
+        if self.trainer.state.fn == TrainerFn.VALIDATING and self.last_scores and self._reporting(final=True):
             nni.report_final_result(self._report())
 
     # ---- optimisation -----------------------------------------------------------------------------------
