@@ -10,10 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Optional
 
-#: default constructor arguments of the backbones the demo uses (others: none)
-DEFAULT_BACKBONE_KWARGS = {"convnet": {"widths": [16, 32, 48, 64, 96]}}
+# Every default below is read from the typed configs (nni_sparsemask.run.config, .pretrain, .demo), the one
+# place defaults live; --help prints them (ArgumentDefaultsHelpFormatter) and a test compares the two.
+def _configs():
+    from nni_sparsemask.run import config
+    return config
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Prints each option's default, as read from the configs."""
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -28,26 +35,30 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
+    d = _configs().DataConfig
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digitscenes", help="digitscenes (built in) or voc (default digitscenes)")
-    g.add_argument("--data-root", default=None, help="VOC: folder holding VOCdevkit/VOC2012")
-    g.add_argument("--sbd-root", default=None, help="VOC: SBD benchmark_RELEASE folder, for train_aug")
-    g.add_argument("--task", default="segmentation", help="DigitScenes view: segmentation, saliency or edges")
-    g.add_argument("--image-size", type=int, default=64, help="DigitScenes side / VOC crop (default 64)")
-    g.add_argument("--train-scenes", type=int, default=2000, help="DigitScenes training scenes (default 2000)")
-    g.add_argument("--val-scenes", type=int, default=500, help="DigitScenes val scenes (default 500)")
-    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--dataset", default=d.dataset, help="digitscenes (built in) or voc")
+    g.add_argument("--data-root", default=d.root, help="VOC: folder holding VOCdevkit/VOC2012")
+    g.add_argument("--sbd-root", default=d.sbd_root, help="VOC: SBD benchmark_RELEASE folder, for train_aug")
+    g.add_argument("--task", default=d.task, help="DigitScenes view: segmentation, saliency or edges")
+    g.add_argument("--image-size", type=int, default=d.image_size, help="DigitScenes side / VOC crop")
+    g.add_argument("--train-scenes", type=int, default=d.train_scenes, help="DigitScenes training scenes")
+    g.add_argument("--val-scenes", type=int, default=d.val_scenes, help="DigitScenes val scenes")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (evaluation: 4x)")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
+    c = _configs()
+    m = c.ModelConfig
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default="convnet", help="encoder: convnet (default), mobilenet_v2, resnet18, ...")
+    g.add_argument("--backbone", default=m.backbone, help="encoder: convnet, mobilenet_v2, resnet18, ...")
     g.add_argument("--backbone-kwargs", type=_json_object, default=None,
-                   help="JSON constructor arguments of the backbone (convnet default: widths 16,32,48,64,96)")
-    g.add_argument("--backbone-weights", default="pretrained",
+                   help="JSON constructor arguments of the backbone (None: "
+                        f"{json.dumps(c.DEFAULT_BACKBONE_KWARGS)} by backbone, others none)")
+    g.add_argument("--backbone-weights", default=m.backbone_weights,
                    help="'pretrained' (cached DigitScenes classifier, see `sparsemask pretrain`), a state_dict "
-                        "file, a torchvision weights name, or 'none' (default pretrained)")
-    g.add_argument("--decoder-channels", type=int, default=32, help="C_dec of the decoder stages (default 32)")
+                        "file, a torchvision weights name, or 'none'")
+    g.add_argument("--decoder-channels", type=int, default=m.decoder_channels, help="C_dec of the decoder stages")
 
 
 def _add_run(p: argparse.ArgumentParser, resume: bool = True) -> None:
@@ -58,41 +69,44 @@ def _add_run(p: argparse.ArgumentParser, resume: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_schedule(p: argparse.ArgumentParser) -> None:
-    """``--epochs``, ``--lr`` and ``--seed``, shared by ``search`` and ``retrain``."""
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=0.02, help="encoder learning rate (decoder x10)")
-    p.add_argument("--seed", type=int, default=0)
+def _add_schedule(p: argparse.ArgumentParser, schedule: Any) -> None:
+    """``--epochs``, ``--lr`` and ``--seed`` with the defaults of ``schedule`` (SearchConfig or TrainConfig)."""
+    p.add_argument("--epochs", type=int, default=schedule.epochs, help="passes over the training set")
+    p.add_argument("--lr", type=float, default=schedule.learning_rate, help="encoder learning rate (decoder x10)")
+    p.add_argument("--seed", type=int, default=_configs().TrainConfig.seed,
+                   help="seeds the data, the initial weights and every epoch")
 
 
-def _add_fps(p: argparse.ArgumentParser, default: int = 512) -> None:
-    p.add_argument("--fps-size", type=int, default=default, help=f"FPS input side (default {default})")
-    p.add_argument("--fps-batch", type=int, default=1, help="FPS batch size (default 1)")
+def _add_fps(p: argparse.ArgumentParser, default: Optional[int] = None) -> None:
+    e = _configs().EvalConfig
+    p.add_argument("--fps-size", type=int, default=default or e.fps_size, help="FPS input side")
+    p.add_argument("--fps-batch", type=int, default=e.fps_batch, help="FPS batch size")
 
 
 def _data(args):
-    from nni_sparsemask.run.pipeline import DataConfig
-    return DataConfig(dataset=args.dataset, root=args.data_root, sbd_root=args.sbd_root, image_size=args.image_size,
-                      train_scenes=args.train_scenes, val_scenes=args.val_scenes, batch_size=args.batch_size,
-                      task=args.task, seed=getattr(args, "seed", 0) or 0)
+    return _configs().DataConfig(dataset=args.dataset, root=args.data_root, sbd_root=args.sbd_root,
+                                 image_size=args.image_size, train_scenes=args.train_scenes,
+                                 val_scenes=args.val_scenes, batch_size=args.batch_size, task=args.task,
+                                 seed=getattr(args, "seed", 0) or 0)
+
+
+def _backbone_kwargs(args) -> dict[str, Any]:
+    return args.backbone_kwargs if args.backbone_kwargs is not None else \
+        _configs().default_backbone_kwargs(args.backbone)
 
 
 def _model(args):
-    from nni_sparsemask.run.pipeline import ModelConfig
-    kwargs = args.backbone_kwargs if args.backbone_kwargs is not None else \
-        DEFAULT_BACKBONE_KWARGS.get(args.backbone, {})
     weights = None if str(args.backbone_weights).lower() == "none" else args.backbone_weights
-    return ModelConfig(backbone=args.backbone, backbone_kwargs=kwargs, backbone_weights=weights,
-                       decoder_channels=args.decoder_channels)
+    return _configs().ModelConfig(backbone=args.backbone, backbone_kwargs=_backbone_kwargs(args),
+                                  backbone_weights=weights, decoder_channels=args.decoder_channels)
 
 
 # ------------------------------------------------------------------------------------------------ commands
 def _pretrain(args) -> int:
-    from nni_sparsemask.run.pretrain import PretrainConfig, cached_weights_path, pretrain_backbone
+    from nni_sparsemask.run.config import PretrainConfig
+    from nni_sparsemask.run.pretrain import cached_weights_path, pretrain_backbone
 
-    kwargs = args.backbone_kwargs if args.backbone_kwargs is not None else \
-        DEFAULT_BACKBONE_KWARGS.get(args.backbone, {})
-    cfg = PretrainConfig(backbone=args.backbone, backbone_kwargs=kwargs, image_size=args.image_size,
+    cfg = PretrainConfig(backbone=args.backbone, backbone_kwargs=_backbone_kwargs(args), image_size=args.image_size,
                          num_scenes=args.scenes, epochs=args.epochs, lr=args.lr, seed=args.seed)
     out = args.out or cached_weights_path(cfg)
     result = pretrain_backbone(cfg, out, progress=not args.no_progress, overwrite=args.overwrite)
@@ -136,10 +150,9 @@ def _print_metrics(title: str, m: dict) -> None:
 
 
 def _retrain(args) -> int:
-    from nni_sparsemask.run.pipeline import TrainConfig
     from nni_sparsemask.run.steps import run_retrain
 
-    train = TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
+    train = _configs().TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
     m = run_retrain(args.out, _data(args), _model(args), train, connectivity=args.connectivity,
                     decoder=args.decoder, fps_size=args.fps_size, fps_batch=args.fps_batch,
                     overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
@@ -178,59 +191,75 @@ def _report(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
+def _strategy_default(strategy: str, arg: str) -> Any:
+    from nni_sparsemask.run.registry import STRATEGIES
+    return STRATEGIES.get(strategy).params[arg].default
+
+
 def build_parser() -> argparse.ArgumentParser:
+    c = _configs()
     parser = argparse.ArgumentParser(prog="sparsemask", description="SparseMask connectivity search on NNI")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pre-train a backbone as a DigitScenes digit classifier (cached)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, formatter_class=_Help)
+
+    pre = c.PretrainConfig
+    p = command("pretrain", "pre-train a backbone as a DigitScenes digit classifier (cached)")
     _add_model(p)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--scenes", type=int, default=6000, help="one-digit training scenes (default 6000)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="weights file (default: the cache that 'pretrained' reads)")
+    p.add_argument("--image-size", type=int, default=pre.image_size, help="side of the one-digit scenes")
+    p.add_argument("--scenes", type=int, default=pre.num_scenes, help="one-digit training scenes")
+    p.add_argument("--epochs", type=int, default=pre.epochs, help="pre-training epochs")
+    p.add_argument("--lr", type=float, default=pre.lr, help="peak AdamW learning rate")
+    p.add_argument("--seed", type=int, default=pre.seed, help="seeds weights, scenes and batch order")
+    p.add_argument("--out", default=None, help="weights file (None: the cache that 'pretrained' reads)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("search", help="search a decoder: sparsemask, l1, maskconnect, random or rand_rule")
-    p.add_argument("--strategy", default="sparsemask", help="see `sparsemask search --help` (default sparsemask)")
+    p = command("search", "search a decoder: sparsemask, l1, maskconnect, random or rand_rule")
+    p.add_argument("--strategy", default="sparsemask", help="sparsemask, l1, maskconnect, random or rand_rule")
     p.add_argument("--lambda-sparse", "--lambda", dest="lambda_sparse", type=float, default=None,
-                   help="sparsemask / l1: loss strength (defaults 0.01 / 1e-3)")
-    p.add_argument("--threshold", type=float, default=None, help="sparsemask / l1: sigma (default 1e-3)")
-    p.add_argument("--k", type=int, default=None, help="maskconnect: inputs per stage (2..5)")
-    p.add_argument("--samples", type=int, default=None, help="random / rand_rule: decoders sampled")
-    p.add_argument("--density", type=float, default=None, help="random / rand_rule: edge probability")
-    _add_schedule(p)
-    p.add_argument("--arc-lr", type=float, default=0.02, help="learning rate of the architecture weights")
+                   help="sparsemask / l1: loss strength (None: the strategy's own, "
+                        f"{_strategy_default('sparsemask', 'lambda_sparse')} / {_strategy_default('l1', 'lambda_sparse')})")
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"sparsemask / l1: sigma (None: {_strategy_default('sparsemask', 'threshold')})")
+    p.add_argument("--k", type=int, default=None, help="maskconnect: inputs per stage (2..5; None: "
+                   f"{_strategy_default('maskconnect', 'k')})")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"random / rand_rule: decoders sampled (None: {_strategy_default('random', 'samples')})")
+    p.add_argument("--density", type=float, default=None,
+                   help=f"random / rand_rule: edge probability (None: {_strategy_default('random', 'density')})")
+    _add_schedule(p, c.SearchConfig)
+    p.add_argument("--arc-lr", type=float, default=c.SearchConfig.arc_learning_rate,
+                   help="learning rate of the architecture weights w")
     _add_data(p)
     _add_model(p)
     _add_run(p)
     p.set_defaults(func=_search)
 
-    p = sub.add_parser("prune", help="re-threshold a finished search at another sigma (no training)")
+    p = command("prune", "re-threshold a finished search at another sigma (no training)")
     p.add_argument("search_dir")
     p.add_argument("--threshold", type=float, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_prune)
 
-    p = sub.add_parser("retrain", help="train a searched (--connectivity) or hand-designed (--decoder) decoder")
+    p = command("retrain", "train a searched (--connectivity) or hand-designed (--decoder) decoder")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--connectivity", help="connectivity.json of a search or prune run")
     which.add_argument("--decoder", help="fcn, unet, sparseacn, deeplabv3 or fdn")
-    _add_schedule(p)
+    _add_schedule(p, c.TrainConfig)
     _add_data(p)
     _add_model(p)
     _add_fps(p)
     _add_run(p)
     p.set_defaults(func=_retrain)
 
-    p = sub.add_parser("evaluate", help="evaluate a finished retrain run again (mIoU, params, FPS)")
+    p = command("evaluate", "evaluate a finished retrain run again (mIoU, params, FPS)")
     p.add_argument("run")
     _add_fps(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu or cuda (None: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing evaluate.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate)
@@ -241,35 +270,34 @@ def build_parser() -> argparse.ArgumentParser:
     from nni_sparsemask.run.demo import DemoConfig
 
     d = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(DemoConfig)})  # no validation: no torch
-    p = sub.add_parser("demo", help="pretrain -> search -> prune -> retrain -> evaluate on DigitScenes, vs dense FDN")
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--search-epochs", type=int, default=d.search_epochs)
-    p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs)
-    p.add_argument("--train-scenes", type=int, default=d.train_scenes)
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--lambda-sparse", type=float, default=d.lambda_sparse)
+    p = command("demo", "pretrain -> search -> prune -> retrain -> evaluate on DigitScenes, vs dense FDN")
+    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--search-epochs", type=int, default=d.search_epochs, help="search epochs")
+    p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs, help="retraining epochs of every network")
+    p.add_argument("--train-scenes", type=int, default=d.train_scenes, help="DigitScenes training scenes")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="DigitScenes side")
+    p.add_argument("--lambda-sparse", type=float, default=d.lambda_sparse, help="lambda of SparseMask's loss")
     p.add_argument("--arc-lr", type=float, default=d.arc_learning_rate,
-                   help=f"learning rate of the architecture weights w (default {d.arc_learning_rate})")
-    p.add_argument("--decoder-channels", type=int, default=d.decoder_channels,
-                   help=f"C_dec of every network (default {d.decoder_channels})")
-    p.add_argument("--threshold", type=float, default=d.threshold)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--baselines", nargs="*", default=list(d.baselines), help="hand-designed decoders retrained "
-                   f"beside the dense FDN (default: {' '.join(d.baselines)})")
+                   help="learning rate of the architecture weights w")
+    p.add_argument("--decoder-channels", type=int, default=d.decoder_channels, help="C_dec of every network")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="sigma: keep edges with w >= sigma")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds data, weights and every epoch")
+    p.add_argument("--baselines", nargs="*", default=list(d.baselines),
+                   help="hand-designed decoders retrained beside the dense FDN")
     p.add_argument("--pretrain-scenes", type=int, default=d.pretrain_scenes,
                    help="backbone pre-training scenes (cached)")
     p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs,
                    help="backbone pre-training epochs (cached)")
-    p.add_argument("--fps-size", type=int, default=d.fps_size, help=f"FPS input side (default {d.fps_size})")
+    p.add_argument("--fps-size", type=int, default=d.fps_size, help="FPS input side")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("report", help="Table 1, Fig. 4, Fig. 5 from run directories or an NNI experiment id")
-    p.add_argument("source")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p = command("report", "Table 1, Fig. 4, Fig. 5 from run directories or an NNI experiment id")
+    p.add_argument("source", help="a folder of run directories, or an NNI experiment id")
+    p.add_argument("--out", required=True, help="report folder (report.md, results.csv, figures)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.set_defaults(func=_report)
 
     from nni_sparsemask.comparison.compare import register_cli

@@ -29,7 +29,7 @@ def _err(capsys) -> str:
     (["search", "--strategy", "sparsemask", "--k", "3"], "does not accept 'k' (it belongs to maskconnect)"),
     (["search", "--strategy", "enas"], "unknown strategy 'enas'"),
     (["search", "--dataset", "coco"], "unknown dataset 'coco'"),
-    (["search", "--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["search", "--epochs", "0"], "epochs must be an integer >= 1"),
     (["search", "--dataset", "voc"], "needs its root (--data-root)"),
     (["retrain", "--decoder", "segnet"], "unknown decoder 'segnet'"),
     (["retrain", "--decoder", "fcn", "--epochs", "0"], "epochs must be an integer >= 1"),

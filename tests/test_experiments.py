@@ -194,6 +194,9 @@ def nni_trial(monkeypatch):
     monkeypatch.setattr(nni.trial, "_intermediate_seq", 0)
     monkeypatch.setattr(channels, "_channel", None)
 
+    for name, value in {"NNI_PLATFORM": "local", "NNI_EXP_ID": "exp123ab", "NNI_TRIAL_JOB_ID": "Ab1cD"}.items():
+        monkeypatch.setenv(name, value)  # NNI's trial environment: main() asks NNI for the parameters
+
     def install(parameters):
         fake = type("Fake", (FakeChannel, TrialCommandChannel), {})(parameters)
         channels.set_default_trial_command_channel(fake)
@@ -219,10 +222,10 @@ def test_trial_runs_one_entry_reports_and_reuses_it(tmp_path, nni_trial):
     assert metrics["params"] == {"lambda_sparse": 0.01, "threshold": 0.001, "seed": 0}
     assert (entry_dir / "search" / "connectivity.json").is_file() and (entry_dir / "config.json").is_file()
     assert not (entry_dir / "error.txt").exists()
-    # one intermediate result per validation epoch of each phase, one final result: the trial's own
-    phases = [m.get("phase") for m in channel.of("PERIODICAL")]
-    assert phases == ["search", "retrain"]
-    assert [seq for t, seq, _ in channel.metrics if t == "PERIODICAL"] == [0, 1]
+    # one intermediate result per validation epoch of the retraining (the search, run in a process of its own,
+    # reports nothing to the trial), one final result: the trial's own; all with the trial's parameter id (7)
+    assert len(channel.of("PERIODICAL")) == 1 and "phase" not in channel.of("PERIODICAL")[0]
+    assert [seq for t, seq, _ in channel.metrics if t == "PERIODICAL"] == [0]
     (final,) = channel.of("FINAL")
     assert final["default"] == pytest.approx(metrics["miou"])
     assert final["fps"] == pytest.approx(metrics["fps"]) and final["params_decoder"] == metrics["params_decoder"]

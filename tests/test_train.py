@@ -180,7 +180,8 @@ def test_fit_is_seeded(tmp_path):
 
 def test_reports_to_nni_as_a_trial(tmp_path, monkeypatch):
     inter, final = [], []
-    monkeypatch.setattr(nni, "get_current_parameter", lambda *a, **k: {"arch": 1})
+    monkeypatch.setenv("NNI_PLATFORM", "local")  # NNI's trial environment (run.lightning.in_nni_trial)
+    monkeypatch.setenv("NNI_TRIAL_JOB_ID", "Ab1cD")
     monkeypatch.setattr(nni, "report_intermediate_result", inter.append)
     monkeypatch.setattr(nni, "report_final_result", final.append)
     evaluator = _evaluator(tmp_path, max_epochs=2)
@@ -192,8 +193,11 @@ def test_reports_to_nni_as_a_trial(tmp_path, monkeypatch):
 
 
 def test_no_report_outside_a_trial(tmp_path, monkeypatch):
-    # An in-process NasExperiment (other tests) leaves NNI's current parameter set; outside a trial it is None.
-    monkeypatch.setattr(nni, "get_current_parameter", lambda *a, **k: None)
+    # not a trial (no NNI trial environment), even with NNI's current parameter set, as an in-process
+    # NasExperiment leaves it
+    monkeypatch.delenv("NNI_PLATFORM", raising=False)
+    monkeypatch.delenv("NNI_TRIAL_JOB_ID", raising=False)
+    monkeypatch.setattr(nni, "get_current_parameter", lambda *a, **k: {"arch": 1})
     calls = []
     monkeypatch.setattr(nni, "report_intermediate_result", calls.append)
     monkeypatch.setattr(nni, "report_final_result", calls.append)

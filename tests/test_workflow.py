@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nni_sparsemask.fdn.connectivity import Connectivity
-from nni_sparsemask.run.pipeline import (DataConfig, ModelConfig, TrainConfig, build_network, check_connectivity,
+from nni_sparsemask.run.config import DataConfig, ModelConfig, TrainConfig
+from nni_sparsemask.run.pipeline import (build_network, check_connectivity,
                                      evaluate_network, train_network)
 from nni_sparsemask.run.rundir import RunDir
 from nni_sparsemask.run.steps import load_run_network, run_evaluate, run_prune, run_retrain, run_search

@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from nni_sparsemask.comparison.grid import GridEntry, check_search_space, expand_search_space, parse_entry
-from nni_sparsemask.run.pipeline import PRETRAINED, DataConfig, ModelConfig, TrainConfig, checked_fields, config_from_dict
+from nni_sparsemask.run.config import (PRETRAINED, DataConfig, EvalConfig, ModelConfig, SearchConfig, TrainConfig,
+                                       checked_fields, config_from_dict, default_backbone_kwargs)
 
 __all__ = ["TrialSettings", "GridEntry", "PRESETS", "preset_settings", "parse_entry", "expand_search_space",
            "check_search_space", "run_entry", "build_parser", "settings_from_args", "main"]
@@ -80,14 +81,14 @@ class TrialSettings:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    search_epochs: int = 15
-    search_lr: float = 0.02
-    arc_lr: float = 0.02
-    retrain_epochs: int = 15
-    retrain_lr: float = 0.02
-    fps_size: int = 512
-    fps_batch: int = 1
-    fps_seconds: float = 2.0
+    search_epochs: int = SearchConfig.epochs
+    search_lr: float = SearchConfig.learning_rate
+    arc_lr: float = SearchConfig.arc_learning_rate
+    retrain_epochs: int = TrainConfig.epochs
+    retrain_lr: float = TrainConfig.learning_rate
+    fps_size: int = EvalConfig.fps_size
+    fps_batch: int = EvalConfig.fps_batch
+    fps_seconds: float = EvalConfig.fps_seconds
     pretrain: dict = field(default_factory=dict)
     accelerator: str = "auto"
 
@@ -103,7 +104,7 @@ class TrialSettings:
         if not isinstance(self.pretrain, dict):
             raise ValueError(f"trial setting pretrain must be an object of PretrainConfig fields, got "
                              f"{self.pretrain!r}")
-        from nni_sparsemask.run.pretrain import PretrainConfig
+        from nni_sparsemask.run.config import PretrainConfig
         unknown = sorted(set(self.pretrain) - {f.name for f in dataclasses.fields(PretrainConfig)})
         if unknown:
             raise ValueError(f"trial setting pretrain: unknown PretrainConfig field(s) {unknown}")
@@ -130,7 +131,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "data": {"dataset": "digitscenes", "image_size": 64, "train_scenes": 800, "val_scenes": 200,
                  "batch_size": 16},
-        "model": {"backbone": "convnet", "backbone_kwargs": {"widths": [16, 32, 48, 64, 96]},
+        "model": {"backbone": "convnet", "backbone_kwargs": default_backbone_kwargs("convnet"),
                   "backbone_weights": PRETRAINED, "decoder_channels": 32},
         "search_epochs": 4, "search_lr": 0.02, "arc_lr": 0.02, "retrain_epochs": 5, "retrain_lr": 0.02,
         "fps_size": 256, "fps_batch": 1, "fps_seconds": 2.0, "pretrain": {}, "accelerator": "auto",

@@ -45,7 +45,8 @@ from nni.nas.evaluator.pytorch.lightning import DataLoader, Lightning, Lightning
 from torch import Tensor, nn
 
 from nni_sparsemask.data.digitscenes import DigitScenes
-from nni_sparsemask.measure.metrics import SegmentationMetrics
+from nni_sparsemask.measure.segmentation import SegmentationMetrics
+from nni_sparsemask.run.config import TrainConfig
 
 __all__ = [
     "SegmentationTrainConfig", "SegmentationModule", "Segmentation", "PolyLR", "poly_lr", "is_arch_parameter",
@@ -129,7 +130,7 @@ class SegmentationTrainConfig:
 
     Attributes:
         num_classes: output channels of the model (11 on DigitScenes, 21 on VOC, 2 for saliency / edges).
-        learning_rate: encoder learning rate (paper: 0.005).
+        learning_rate: encoder learning rate (default: :class:`~.config.TrainConfig`'s; paper: 0.005 on VOC).
         decoder_lr_mult: decoder learning rate / encoder learning rate (paper: 10).
         momentum: SGD momentum (paper: 0.9).
         weight_decay: SGD weight decay on every trained weight (paper: 4e-5).
@@ -143,15 +144,15 @@ class SegmentationTrainConfig:
     """
 
     num_classes: int = 11
-    learning_rate: float = 0.005
-    decoder_lr_mult: float = 10.0
+    learning_rate: float = TrainConfig.learning_rate
+    decoder_lr_mult: float = TrainConfig.decoder_lr_mult
     momentum: float = 0.9
-    weight_decay: float = 4e-5
+    weight_decay: float = TrainConfig.weight_decay
     poly_power: float = 0.9
     max_steps: Optional[int] = None
     ignore_index: int = 255
     class_weights: Optional[tuple[float, ...]] = None
-    seed: Optional[int] = 0
+    seed: Optional[int] = TrainConfig.seed
     freeze_bn: bool = False
 
     def __post_init__(self) -> None:
@@ -177,6 +178,9 @@ class SegmentationTrainConfig:
             raise ValueError(f"class_weights has {len(self.class_weights)} entries for {self.num_classes} classes")
 
 
+_DEFAULTS = SegmentationTrainConfig()
+
+
 def segmentation_scores(metrics: SegmentationMetrics) -> dict[str, float]:
     """``miou`` and ``pixacc`` of :class:`~nni_sparsemask.measure.metrics.SegmentationMetrics` (mIoU over the classes
     present in the target or the prediction), plus ``fg_iou``: the IoU of classes ``1..C-1`` merged (the
@@ -197,10 +201,11 @@ class SegmentationModule(LightningModule):
     serialise the module); ``SegmentationModule.from_config(cfg)`` builds one from a config.
     """
 
-    def __init__(self, num_classes: int = 11, learning_rate: float = 0.005, decoder_lr_mult: float = 10.0,
-                 momentum: float = 0.9, weight_decay: float = 4e-5, poly_power: float = 0.9,
-                 max_steps: Optional[int] = None, ignore_index: int = 255,
-                 class_weights: Optional[Sequence[float]] = None, seed: Optional[int] = 0,
+    def __init__(self, num_classes: int = _DEFAULTS.num_classes, learning_rate: float = _DEFAULTS.learning_rate,
+                 decoder_lr_mult: float = _DEFAULTS.decoder_lr_mult, momentum: float = _DEFAULTS.momentum,
+                 weight_decay: float = _DEFAULTS.weight_decay, poly_power: float = _DEFAULTS.poly_power,
+                 max_steps: Optional[int] = None, ignore_index: int = _DEFAULTS.ignore_index,
+                 class_weights: Optional[Sequence[float]] = None, seed: Optional[int] = _DEFAULTS.seed,
                  freeze_bn: bool = False) -> None:
         super().__init__()
         self.config = SegmentationTrainConfig(
@@ -275,7 +280,7 @@ class SegmentationModule(LightningModule):
             cm = self.all_gather(metrics.confusion_matrix.to(self.device)).sum(0)
             stats = self.all_gather(stats.to(self.device)).sum(0).cpu()
             metrics = SegmentationMetrics(self.config.num_classes, self.config.ignore_index)
-            metrics._confmat = cm  # the summed counts of all processes
+            metrics.add_confusion_matrix(cm)  # the summed counts of all processes
         scores = segmentation_scores(metrics)
         val_loss = float(stats[0] / stats[1]) if stats[1] > 0 else float("nan")
         self.last_scores = {"val_loss": val_loss, "val_miou": scores["miou"], "val_pixacc": scores["pixacc"],
@@ -384,11 +389,12 @@ class Segmentation(Lightning):
     evaluator pickles without the data.
     """
 
-    def __init__(self, num_classes: int = 11, learning_rate: float = 0.005, decoder_lr_mult: float = 10.0,
-                 momentum: float = 0.9, weight_decay: float = 4e-5, poly_power: float = 0.9,
-                 max_steps: Optional[int] = None, ignore_index: int = 255,
-                 class_weights: Optional[Sequence[float]] = None, seed: Optional[int] = 0, freeze_bn: bool = False,
-                 train_dataloaders: Optional[Any] = None, val_dataloaders: Union[Any, List[Any], None] = None,
+    def __init__(self, num_classes: int = _DEFAULTS.num_classes, learning_rate: float = _DEFAULTS.learning_rate,
+                 decoder_lr_mult: float = _DEFAULTS.decoder_lr_mult, momentum: float = _DEFAULTS.momentum,
+                 weight_decay: float = _DEFAULTS.weight_decay, poly_power: float = _DEFAULTS.poly_power,
+                 max_steps: Optional[int] = None, ignore_index: int = _DEFAULTS.ignore_index,
+                 class_weights: Optional[Sequence[float]] = None, seed: Optional[int] = _DEFAULTS.seed,
+                 freeze_bn: bool = False, train_dataloaders: Optional[Any] = None, val_dataloaders: Union[Any, List[Any], None] = None,
                  datamodule: Optional[pl.LightningDataModule] = None, fit_kwargs: Optional[dict] = None,
                  **trainer_kwargs: Any) -> None:
         module = SegmentationModule(num_classes=num_classes, learning_rate=learning_rate,

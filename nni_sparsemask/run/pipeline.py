@@ -1,5 +1,6 @@
-"""The steps behind ``sparsemask retrain`` / ``evaluate`` / ``demo``: typed configs, data loaders, backbone
-weights, training a fixed network (resumable), and evaluating it (mIoU, per-class IoU, params, FPS).
+"""What ``sparsemask retrain`` / ``evaluate`` / ``demo`` do with a fixed network: data loaders, backbone weights,
+building the network, training it (resumable) and evaluating it (mIoU, per-class IoU, params, FPS). The configs
+they take are in :mod:`.config`.
 
 A trained network's run directory holds::
 
@@ -12,12 +13,9 @@ A trained network's run directory holds::
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -25,122 +23,13 @@ import torch
 from torch import nn
 
 from nni_sparsemask.fdn.connectivity import Connectivity
+from nni_sparsemask.run.config import PRETRAINED, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from nni_sparsemask.run.rundir import RunDir
 from nni_sparsemask.seeding import seed_everything
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "DATASETS", "make_loaders", "resolve_backbone_weights",
+__all__ = ["make_loaders", "resolve_backbone_weights",
            "build_network", "train_network", "evaluate_network", "check_connectivity", "class_names",
            "history_callback", "default_device"]
-
-DATASETS = ("digitscenes", "voc")
-PRETRAINED = "pretrained"  # backbone_weights value: the cached DigitScenes classifier (sparsemask pretrain)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which data set, at which size.
-
-    Attributes:
-        dataset: ``digitscenes`` (built in) or ``voc`` (PASCAL VOC 2012 under ``root``; ``train_aug`` when
-            ``sbd_root`` is given).
-        root / sbd_root: data set folders (``voc`` only).
-        image_size: DigitScenes scene side; the VOC training crop (and the padded eval size).
-        train_scenes / val_scenes: DigitScenes split sizes.
-        batch_size: training batch size (evaluation uses 4x).
-        task: DigitScenes view (``segmentation``, ``saliency``, ``edges``).
-        seed: seeds the scenes and the batch order.
-    """
-
-    dataset: str = "digitscenes"
-    root: Optional[str] = None
-    sbd_root: Optional[str] = None
-    image_size: int = 64
-    train_scenes: int = 2000
-    val_scenes: int = 500
-    batch_size: int = 16
-    task: str = "segmentation"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
-        if self.dataset == "voc" and not self.root:
-            raise ValueError("dataset 'voc' needs its root (--data-root), the folder that holds VOCdevkit/VOC2012")
-        for name in ("image_size", "train_scenes", "val_scenes", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.task not in ("segmentation", "saliency", "edges"):
-            raise ValueError(f"unknown task {self.task!r}; use segmentation, saliency or edges")
-
-    @property
-    def num_classes(self) -> int:
-        if self.dataset == "voc":
-            return 21
-        from nni_sparsemask.data.digitscenes import NUM_CLASSES
-        return NUM_CLASSES[self.task]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The network around the decoder.
-
-    Attributes:
-        backbone: encoder name (``convnet``, ``mobilenet_v2``, ``resnet18``, ...).
-        backbone_kwargs: its constructor arguments (``{"widths": [...]}``, ``{"width_mult": 0.5}``).
-        backbone_weights: ``"pretrained"`` (the cached DigitScenes digit classifier of ``sparsemask pretrain``,
-            trained on first use), a local ``state_dict`` file, a torchvision weights name, or None (random).
-        decoder_channels: ``C_dec`` of the FDN decoder stages (ASPP channels for DeepLabV3).
-    """
-
-    backbone: str = "convnet"
-    backbone_kwargs: dict = field(default_factory=lambda: {"widths": [16, 32, 48, 64, 96]})
-    backbone_weights: Optional[str] = PRETRAINED
-    decoder_channels: int = 32
-
-    def __post_init__(self) -> None:
-        from nni_sparsemask.fdn.backbones import available_backbones
-        object.__setattr__(self, "backbone_kwargs", json.loads(json.dumps(dict(self.backbone_kwargs or {}))))
-        if self.backbone not in available_backbones():
-            raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(available_backbones())}")
-        if isinstance(self.decoder_channels, bool) or not isinstance(self.decoder_channels, int) \
-                or self.decoder_channels < 1:
-            raise ValueError(f"decoder_channels must be a positive integer, got {self.decoder_channels!r}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training of a fixed network (retraining, the hand-designed decoders): SGD + poly decay, see ``train.py``."""
-
-    epochs: int = 10
-    learning_rate: float = 0.01
-    decoder_lr_mult: float = 10.0
-    weight_decay: float = 4e-5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-
-
-def checked_fields(cls, data: Any, where: str, noun: Optional[str] = None) -> dict[str, Any]:
-    """``data`` as a dict after checking that it is a JSON object whose keys are fields of dataclass ``cls``."""
-    from collections.abc import Mapping
-    noun = noun or f"{cls.__name__} field"
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown {noun}(s) {unknown}; known: {sorted(known)}")
-    return dict(data)
-
-
-def config_from_dict(cls, data: Any, where: str):
-    """``cls(**data)`` with a clear error for unknown fields (configs read back from JSON)."""
-    return cls(**checked_fields(cls, data, where))
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -302,8 +191,9 @@ def default_device() -> str:
 
 
 @torch.no_grad()
-def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = 512, fps_batch: int = 1,
-                     device: Optional[str] = None, fps_seconds: float = 2.0, progress: bool = True
+def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = EvalConfig.fps_size,
+                     fps_batch: int = EvalConfig.fps_batch, device: Optional[str] = None,
+                     fps_seconds: float = EvalConfig.fps_seconds, progress: bool = True
                      ) -> dict[str, Any]:
     """mIoU, pixel accuracy, per-class IoU and foreground IoU on the val split; params (encoder + decoder);
     FPS at ``fps_size`` x ``fps_size`` (batch ``fps_batch``) on ``device``, of the deployment form (BN folded,

@@ -1,7 +1,7 @@
 """Backbone pre-training on DigitScenes' classification view: the stand-in for ImageNet weights.
 
 No weights can be downloaded here, and a segmentation net trained from scratch on DigitScenes finds the digits
-but not which digit they are (design.md: mIoU 0.13). So, as the paper starts from an ImageNet classifier, the
+but not which digit they are (measured: mIoU 0.13 after 30 epochs). So, as the paper starts from an ImageNet classifier, the
 encoder is first trained as a digit classifier: scenes with one digit each (``DigitScenes(task=
 "classification")``, same photos, scales, contrast and train/val split as the segmentation scenes), a linear
 classifier on the global-pool feature ``G``.
@@ -18,12 +18,11 @@ matches, and trains it otherwise; ``sparsemask pretrain`` reproduces it from its
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -32,59 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nni_sparsemask.fdn.backbones import build_backbone
+from nni_sparsemask.run.config import PretrainConfig
 from nni_sparsemask.data.digitscenes import DigitScenes, cache_root
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain_backbone", "pretrained_backbone", "backbone_cache_dir",
            "cached_weights_path"]
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """What a pre-trained backbone is made of; any change gives another cache file.
-
-    Attributes:
-        backbone: registry name (``convnet``, ``mobilenet_v2``, ...).
-        backbone_kwargs: constructor arguments of the backbone (e.g. ``{"widths": [16, 32, 48, 64, 96]}``).
-        image_size: side of the classification scenes (the segmentation image size of the demo).
-        num_scenes: training scenes (one digit each); validation uses ``num_scenes // 4`` val scenes.
-        epochs: passes over the training scenes (>= 1).
-        batch_size: images per step.
-        lr: peak AdamW learning rate.
-        warmup_epochs: linear warm-up length (fraction of an epoch allowed).
-        weight_decay: AdamW weight decay.
-        seed: seeds the weights, the scenes and the batch order.
-    """
-
-    backbone: str = "convnet"
-    backbone_kwargs: dict = field(default_factory=lambda: {"widths": [16, 32, 48, 64, 96]})
-    image_size: int = 64
-    num_scenes: int = 6000
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup_epochs: float = 1.0
-    weight_decay: float = 1e-4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # JSON round trips turn tuples into lists; normalise so that the cache key is stable
-        object.__setattr__(self, "backbone_kwargs", json.loads(json.dumps(dict(self.backbone_kwargs))))
-        for name in ("epochs", "batch_size", "num_scenes", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"pretrain {name} must be a positive int, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"pretrain lr must be > 0, got {self.lr!r}")
-        if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ValueError("pretrain warmup_epochs and weight_decay must be >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def key(self) -> str:
-        """Short hash of the config: the cache file name."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
 
 
 @dataclass

@@ -19,9 +19,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
 
-from nni_sparsemask.fdn.backbones import FeatureInfo
+from nni_sparsemask.nas.config import SparseMaskConfig
+
+if TYPE_CHECKING:  # annotations only: reading the registry (the CLI's --help) imports no torch
+    from nni_sparsemask.fdn.backbones import FeatureInfo
 
 __all__ = ["Registry", "Param", "DecoderEntry", "StrategyEntry", "ConnectivitySampler", "DECODERS", "STRATEGIES",
            "decoder_connectivity", "build_decoder", "validate_strategy_args", "build_strategy",
@@ -219,7 +222,7 @@ def _l1(**kw):
 
 
 _SEED = Param(int, 0, "random seed", low=0)
-_THRESHOLD = Param(float, 1e-3, "sigma: keep edges with w >= threshold", low=0.0, high=1.0, low_open=True,
+_THRESHOLD = Param(float, SparseMaskConfig.threshold, "sigma: keep edges with w >= threshold", low=0.0, high=1.0, low_open=True,
                    high_open=True)
 _SAMPLES = Param(int, 8, "number of distinct decoders sampled", low=1)
 _DENSITY = Param(float, 0.5, "probability that an edge is on", low=0.0, high=1.0, low_open=True)
@@ -229,7 +232,7 @@ def _strategies() -> Registry[StrategyEntry]:
     reg: Registry[StrategyEntry] = Registry("strategy")
     reg.register("sparsemask", StrategyEntry(
         "sparsemask", "oneshot", "SparseMask: sparse loss of Eq. 2, prune at sigma", _sparsemask,
-        {"lambda_sparse": Param(float, 0.01, "lambda of Eq. 3", low=0.0), "threshold": _THRESHOLD, "seed": _SEED}))
+        {"lambda_sparse": Param(float, SparseMaskConfig.lambda_sparse, "lambda of Eq. 3", low=0.0), "threshold": _THRESHOLD, "seed": _SEED}))
     reg.register("l1", StrategyEntry(
         "l1", "oneshot", "SparseMask with the L1 loss (Fig. 4; lambda 1e-3, 5e-3, 1e-2)", _l1,
         {"lambda_sparse": Param(float, 1e-3, "strength of the L1 loss", low=0.0), "threshold": _THRESHOLD,

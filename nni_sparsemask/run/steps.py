@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from nni_sparsemask.fdn.connectivity import Connectivity
-from nni_sparsemask.run.pipeline import (DataConfig, ModelConfig, TrainConfig, build_network, check_connectivity,
-                                         config_from_dict, evaluate_network, load_weights, make_loaders,
-                                         resolve_backbone_weights, save_weights, train_network)
+from nni_sparsemask.run.config import DataConfig, EvalConfig, ModelConfig, SearchConfig, TrainConfig, config_from_dict
+from nni_sparsemask.run.pipeline import (build_network, check_connectivity, evaluate_network, load_weights,
+                                         make_loaders, resolve_backbone_weights, save_weights, train_network)
 from nni_sparsemask.run.rundir import RunDir, read_json
 from nni_sparsemask.seeding import seed_everything
 
@@ -50,19 +50,19 @@ def _heatmap(conn: Connectivity, path: Path, title: str, log: Log) -> None:
 
 # ------------------------------------------------------------------------------------------------ search
 def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], data: DataConfig,
-               model: ModelConfig, *, epochs: int = 15, learning_rate: float = 0.02,
-               arc_learning_rate: float = 0.02, overwrite: bool = False, resume: bool = False,
+               model: ModelConfig, *, epochs: int = SearchConfig.epochs,
+               learning_rate: float = SearchConfig.learning_rate,
+               arc_learning_rate: float = SearchConfig.arc_learning_rate, overwrite: bool = False, resume: bool = False,
                progress: bool = True, accelerator: str = "auto", log: Log = print) -> dict[str, Any]:
     """Search a decoder of the FDN space with ``strategy`` (see ``baselines.STRATEGIES``) on ``data``."""
     from nni_sparsemask.run.registry import STRATEGIES, build_strategy, validate_strategy_args
 
     entry = STRATEGIES.get(strategy)
     params = validate_strategy_args(strategy, strategy_args)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"--epochs must be an integer >= 1, got {epochs!r}")
+    schedule = SearchConfig(epochs=epochs, learning_rate=learning_rate, arc_learning_rate=arc_learning_rate)
     config = _base_config("search", strategy, params, int(params.get("seed", 0)), data, model)
     if entry.kind == "oneshot":
-        config["search"] = {"epochs": epochs, "learning_rate": learning_rate, "arc_learning_rate": arc_learning_rate}
+        config["search"] = dataclasses.asdict(schedule)
     run = RunDir(out, config, overwrite=overwrite, resume=resume)
     if run.resumed and run.file(SEARCH_DONE).is_file():
         log(f"[search] {run.path} is already finished; its results are kept as they are")
@@ -150,8 +150,9 @@ def run_prune(search_dir: str | Path, out: str | Path, threshold: float, *, over
 
 # ------------------------------------------------------------------------------------------------ retrain
 def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: TrainConfig, *,
-                connectivity: str | Path | None = None, decoder: Optional[str] = None, fps_size: int = 512,
-                fps_batch: int = 1, fps_seconds: float = 2.0, overwrite: bool = False, resume: bool = False,
+                connectivity: str | Path | None = None, decoder: Optional[str] = None,
+                fps_size: int = EvalConfig.fps_size, fps_batch: int = EvalConfig.fps_batch,
+                fps_seconds: float = EvalConfig.fps_seconds, overwrite: bool = False, resume: bool = False,
                 progress: bool = True, accelerator: str = "auto", log: Log = print, method: Optional[str] = None,
                 params: Optional[dict[str, Any]] = None, report_to_nni: bool = False) -> dict[str, Any]:
     """Train a fixed decoder (a searched ``connectivity.json`` or a hand-designed ``decoder``) with L_task only,
@@ -228,8 +229,8 @@ def load_run_network(run_dir: str | Path) -> tuple[Any, DataConfig, ModelConfig]
     return load_weights(net, run_dir / "model.pt"), data, model
 
 
-def run_evaluate(run_dir: str | Path, *, fps_size: int = 512, fps_batch: int = 1, device: Optional[str] = None,
-                 overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_evaluate(run_dir: str | Path, *, fps_size: int = EvalConfig.fps_size, fps_batch: int = EvalConfig.fps_batch,
+                 device: Optional[str] = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Evaluate a finished retrain run again (e.g. FPS on another device): ``evaluate.json``."""
     run_dir = Path(run_dir)
     target = run_dir / "evaluate.json"
