@@ -205,3 +205,43 @@ def test_retrain_hand_designed_decoder_and_bad_inputs(search_dir, tmp_path):
         run_retrain(tmp_path / "fcn", DATA, MODEL, TRAIN, decoder="fcn", **QUIET)
     with pytest.raises(ValueError, match="another configuration"):
         run_retrain(tmp_path / "fcn", DATA, MODEL, TrainConfig(epochs=3), decoder="fcn", resume=True, **QUIET)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Killed at the start of epoch 3 and resumed from epoch 2's checkpoint, training ends with the same weights
+    and history as a run that was never stopped (each epoch is reseeded from (seed, epoch)); its clock continues."""
+    from nni_sparsemask.run.lightning import SegmentationModule
+
+    train = TrainConfig(epochs=3, learning_rate=0.01, seed=5)
+
+    def run(path, resume=False):
+        torch.manual_seed(0)  # the same initial network for both runs
+        net = build_network(MODEL, 11, decoder="unet")
+        return train_network(net, RunDir(path, {"x": 1}, resume=resume), train, DATA, resume=resume,
+                             progress=False, accelerator="cpu")
+
+    whole, whole_rows, _ = run(tmp_path / "whole")
+    torch.manual_seed(123)  # a different global RNG state before the interrupted run must not matter either
+    original = SegmentationModule.on_train_epoch_start
+
+    def kill_in_epoch_3(self):
+        if self.trainer.current_epoch == 2:
+            raise _Killed()
+        original(self)
+
+    monkeypatch.setattr(SegmentationModule, "on_train_epoch_start", kill_in_epoch_3)
+    with pytest.raises(_Killed):
+        run(tmp_path / "cut")
+    monkeypatch.setattr(SegmentationModule, "on_train_epoch_start", original)
+    before = [r["seconds"] for r in csv.DictReader(open(tmp_path / "cut" / "history.csv"))]
+    resumed, rows, seconds = run(tmp_path / "cut", resume=True)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert [r["val_miou"] for r in rows] == [r["val_miou"] for r in whole_rows]
+    assert [str(r["seconds"]) for r in rows[:2]] == before  # the restored epochs keep their times
+    assert rows[2]["seconds"] > rows[1]["seconds"] and seconds >= rows[2]["seconds"]

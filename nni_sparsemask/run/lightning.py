@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from nni_sparsemask.data.digitscenes import DigitScenes
 from nni_sparsemask.measure.segmentation import SegmentationMetrics
 from nni_sparsemask.run.config import TrainConfig
+from nni_sparsemask.seeding import EpochShuffle, seed_epoch
 
 __all__ = [
     "SegmentationTrainConfig", "SegmentationModule", "Segmentation", "PolyLR", "poly_lr", "is_arch_parameter",
@@ -138,8 +139,8 @@ class SegmentationTrainConfig:
         max_steps: ``T`` of the poly decay; ``None`` takes ``trainer.estimated_stepping_batches``.
         ignore_index: target value that is not scored (255).
         class_weights: optional cross-entropy weight per class (e.g. for the sparse edge class).
-        seed: seeds python / numpy / torch at ``fit`` start (when this module is the trainer's top module;
-            a one-shot strategy wrapping it seeds on its own).
+        seed: seeds python / numpy / torch at ``fit`` start and again at every epoch start from ``(seed, epoch)``
+            (when this module is the trainer's top module; a one-shot strategy wrapping it seeds on its own).
         freeze_bn: keep every BatchNorm of the encoder in eval mode with its affine weights frozen.
     """
 
@@ -361,6 +362,10 @@ class SegmentationModule(LightningModule):
         return [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def on_train_epoch_start(self) -> None:
+        # reseed every epoch from (seed, epoch), before Lightning draws the epoch's batch order: a run resumed at
+        # epoch k then trains exactly as an uninterrupted run did in epoch k (a one-shot wrapper reseeds itself)
+        if self.config.seed is not None and self.trainer.lightning_module is self:
+            seed_epoch(self.config.seed, self.trainer.current_epoch)
         if self.config.freeze_bn:  # Lightning puts the model in train mode before every epoch
             for m in self._encoder_batchnorms():
                 m.eval()
@@ -376,7 +381,11 @@ def DigitScenesLoader(batch_size: int = 16, shuffle: bool = False, num_workers: 
     the trial: nothing but the arguments is pickled). ``dataset_kwargs`` go to ``DigitScenes`` (``task``,
     ``split``, ``image_size``, ``num_scenes``, ``cache_dir``, ...)."""
     dataset = nni.trace(DigitScenes)(**dataset_kwargs)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last)
+    if not shuffle:
+        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last)
+    # the order of an epoch depends on (seed, epoch) only, so that a resumed run sees what an uninterrupted one did
+    order = nni.trace(EpochShuffle)(len(dataset), dataset.config.seed)  # len: the config's, nothing is loaded
+    return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=num_workers, drop_last=drop_last)
 
 
 @nni.trace

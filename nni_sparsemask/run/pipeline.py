@@ -25,7 +25,7 @@ from torch import nn
 from nni_sparsemask.fdn.connectivity import Connectivity
 from nni_sparsemask.run.config import PRETRAINED, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from nni_sparsemask.run.rundir import RunDir
-from nni_sparsemask.seeding import seed_everything
+from nni_sparsemask.seeding import EpochShuffle, seed_everything
 
 __all__ = ["make_loaders", "resolve_backbone_weights",
            "build_network", "train_network", "evaluate_network", "check_connectivity", "class_names",
@@ -61,7 +61,8 @@ def make_loaders(data: DataConfig) -> tuple[Any, Any]:
     train_set = nni.trace(VOCSegmentation)(data.root, image_set, sbd_root=data.sbd_root,
                                            transform=nni.trace(train_transform)(crop_size=data.image_size))
     val_set = nni.trace(VOCSegmentation)(data.root, "val", transform=nni.trace(eval_transform)(pad_to=data.image_size))
-    return (DataLoader(train_set, batch_size=data.batch_size, shuffle=True, drop_last=True, num_workers=2),
+    order = nni.trace(EpochShuffle)(len(train_set), data.seed)  # the order depends on (seed, epoch) only
+    return (DataLoader(train_set, batch_size=data.batch_size, sampler=order, drop_last=True, num_workers=2),
             DataLoader(val_set, batch_size=1, num_workers=2))
 
 
@@ -120,6 +121,11 @@ def history_callback(run: RunDir, t0: float):
     class _History(pl.Callback):
         def __init__(self) -> None:
             self.rows: list[dict[str, Any]] = []
+            #: training seconds of the epochs a resumed run restored (its clock continues from there)
+            self.seconds_before = 0.0
+
+        def elapsed(self) -> float:
+            return self.seconds_before + time.time() - t0
 
         def on_train_epoch_start(self, trainer, module) -> None:
             self._losses: list[float] = []
@@ -136,7 +142,7 @@ def history_callback(run: RunDir, t0: float):
             losses = getattr(self, "_losses", [])
             row = {"epoch": trainer.current_epoch + 1,
                    "train_loss": sum(losses) / len(losses) if losses else math.nan,
-                   **module.last_scores, "seconds": round(time.time() - t0, 2)}
+                   **module.last_scores, "seconds": round(self.elapsed(), 2)}
             self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
             run.write_history(self.rows)
 
@@ -145,6 +151,8 @@ def history_callback(run: RunDir, t0: float):
 
         def load_state_dict(self, state: dict[str, Any]) -> None:
             self.rows = list(state.get("rows", []))
+            # the restored epochs' time; the part of an epoch that a kill cut short is not counted
+            self.seconds_before = float(self.rows[-1]["seconds"]) if self.rows else 0.0
 
     return _History()
 
@@ -156,7 +164,7 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
 
     With ``resume`` and a ``checkpoints/last.ckpt`` in ``run``, training continues from it; ``report_to_nni``
     sends every epoch's val mIoU to NNI (an ``nnictl`` trial) as intermediate results. Returns the trained
-    network, the history rows and the training seconds (of this call).
+    network, the history rows and the training seconds (a resumed run's include those of its restored epochs).
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -181,7 +189,7 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
                          enable_model_summary=False, default_root_dir=str(run.path),
                          plugins=[AtomicCheckpointIO()])  # a kill never leaves a half last.ckpt
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
-    return net, history.rows, time.time() - t0
+    return net, history.rows, history.elapsed()
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
