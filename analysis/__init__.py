@@ -1,6 +1,7 @@
 """Analysis: run directories -> DataFrame -> Table 1, Fig. 4, Fig. 5, report (imported as nni_sparsemask.analysis).
 
 Modules, one idea each: :mod:`.families` (family names and order), :mod:`.results` (loading runs),
+:mod:`.nni_db` (a finished NNI experiment's trials, read from NNI's SQLite database: no manager, no NNI import),
 :mod:`.table` (Table 1 and the gap table in markdown), :mod:`.figures` (Fig. 4, gap bars),
 :mod:`.connectivity_figures` (Fig. 5 heatmaps, w over epochs, architecture drawing), :mod:`.report`
 (``write_report``). Names are imported lazily: importing this package does no work.

@@ -133,6 +133,36 @@ def _draw_front(ax, x: np.ndarray, y: np.ndarray, x_higher_better: bool) -> None
             linewidth=1.2, zorder=1, label="Pareto front")
 
 
+def _tradeoff_points(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The runs with what Fig. 4 plots (``label``, ``dec`` in ``unit``, ``miou_pct``, ``gflops``, ``series``) and
+    the unit of the decoder parameters (``K`` or ``M``)."""
+    work = df.copy()
+    work["label"] = group_labels(work)
+    unit = params_unit(list(work["params_decoder"]))
+    div = 1e6 if unit == "M" else 1e3
+    work["dec"] = work["params_decoder"] / div
+    work["miou_pct"] = work["miou"] * 100
+    work["gflops"] = work["flops"] / 1e9 if "flops" in work else np.nan
+    # one series per family; hand-designed decoders and FDN ablations share one series each, named by text
+    work["series"] = work["label"]
+    work.loc[work["kind"] == "hand", "series"] = HAND_SERIES
+    work.loc[work["kind"] == "ablation", "series"] = ABLATION_SERIES
+    return work, unit
+
+
+def _label_tradeoff_axes(axes: list, device: str | None, unit: str, log_params: bool) -> None:
+    """Axis labels and titles of Fig. 4's panels (FPS, decoder parameters, GFLOPs when there)."""
+    ax_fps, ax_par = axes[:2]
+    ax_fps.set_xlabel("Inference speed (FPS, frames/s" + (f", {device}" if device is not None else "") + ")")
+    ax_par.set_xlabel(f"Decoder parameters ({unit}" + (", log scale" if log_params else "") + ")")
+    ax_fps.set_ylabel("mIoU (%)")
+    ax_fps.set_title("mIoU vs FPS (up and right is better)")
+    ax_par.set_title("mIoU vs decoder size (up and left is better)")
+    if len(axes) > 2:
+        axes[2].set_xlabel("GFLOPs per forward (at the FPS input size)")
+        axes[2].set_title("mIoU vs FLOPs (up and left is better)")
+
+
 def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder size (Fig. 4)") -> Figure:
     """Fig. 4: mIoU vs FPS (left) and mIoU vs decoder parameters (middle), one point per run; a third panel,
     mIoU vs GFLOPs per forward (at the FPS input size, the count no machine changes), when at least two runs
@@ -148,27 +178,17 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
         raise ValueError("no runs to plot")
     summary = summarize(df)
     styles = family_style(summary)
-    work = df.copy()
-    work["label"] = group_labels(work)
-    unit = params_unit(list(work["params_decoder"]))
-    div = 1e6 if unit == "M" else 1e3
-    work["dec"] = work["params_decoder"] / div
-    work["miou_pct"] = work["miou"] * 100
-    work["gflops"] = work["flops"] / 1e9 if "flops" in work else np.nan
+    work, unit = _tradeoff_points(df)
     panels = [("fps", True), ("dec", False)] + ([("gflops", False)] if work["gflops"].notna().sum() >= 2 else [])
 
     fig = Figure(figsize=(6 * len(panels), 5.6), layout="constrained")
     FigureCanvasAgg(fig)  # a real canvas: text boxes are measured to place the labels
     axes = list(fig.subplots(1, len(panels), sharey=True))
-    ax_fps, ax_par = axes[:2]
+    ax_fps = axes[0]
     dec_pos = work["dec"][work["dec"] > 0]
     log_params = len(dec_pos) > 1 and dec_pos.max() / dec_pos.min() > 30
     if log_params:
-        ax_par.set_xscale("log")
-    # one series per family; hand-designed decoders and FDN ablations share one series each, named by text
-    work["series"] = work["label"]
-    work.loc[work["kind"] == "hand", "series"] = HAND_SERIES
-    work.loc[work["kind"] == "ablation", "series"] = ABLATION_SERIES
+        axes[1].set_xscale("log")
     order = list(dict.fromkeys(work.set_index("label").loc[summary["label"], "series"]))
     for ax, (xcol, higher) in zip(axes, panels):
         for series in order:
@@ -182,14 +202,7 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.06, y=0.08)
     devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
-    ax_fps.set_xlabel("Inference speed (FPS, frames/s" + (f", {devices[0]}" if len(devices) == 1 else "") + ")")
-    ax_par.set_xlabel(f"Decoder parameters ({unit}" + (", log scale" if log_params else "") + ")")
-    ax_fps.set_ylabel("mIoU (%)")
-    ax_fps.set_title("mIoU vs FPS (up and right is better)")
-    ax_par.set_title("mIoU vs decoder size (up and left is better)")
-    if len(axes) > 2:
-        axes[2].set_xlabel("GFLOPs per forward (at the FPS input size)")
-        axes[2].set_title("mIoU vs FLOPs (up and left is better)")
+    _label_tradeoff_axes(axes, devices[0] if len(devices) == 1 else None, unit, log_params)
     handles, labels = ax_fps.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title)

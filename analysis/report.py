@@ -66,6 +66,28 @@ def _pruned_for_drawing(conn: Any) -> Any:
     return conn
 
 
+def _connectivity_sections(reps: list[tuple[str, str, Any]], out_dir: Path) -> list[str]:
+    """Fig. 5 (w heatmaps, w over epochs) and the searched architecture of ``reps`` (:func:`_representatives`):
+    the figures are written into ``out_dir``, the markdown lines returned."""
+    from .connectivity_figures import plot_architecture, plot_w_heatmaps, plot_w_history
+
+    shown = reps[:MAX_HEATMAPS]
+    save_figure(plot_w_heatmaps({label: conn for label, _, conn in shown}), out_dir / "fig5_w_heatmaps.png")
+    md = ["## Fig. 5: connection weights\n",
+          "Final w of the best run (by mIoU) of each searched strategy: rows are decoder stages, columns "
+          "the candidate inputs; grey cells are inputs a stage cannot read.\n",
+          "![Fig. 5](fig5_w_heatmaps.png)\n"]
+    for label, kind, conn in reps:
+        if kind in ("sparsemask", "l1") and conn.history:
+            name = f"fig5_w_history_{_slug(label)}.png"
+            save_figure(plot_w_history(conn, title=f"{label}: w over epochs"), out_dir / name)
+            md.append(f"![{label}: w over epochs]({name})\n")
+    label, _, conn = next((r for r in reps if r[1] == "sparsemask"), reps[0])
+    save_figure(plot_architecture(_pruned_for_drawing(conn), title=label), out_dir / "architecture.png")
+    return md + ["## Searched architecture\n", f"The decoder of the best {label} run.\n",
+                 "![Architecture](architecture.png)\n"]
+
+
 def write_report(source: Any, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write the report of ``source`` (a root of run dirs, an NNI experiment id or Experiment) into ``out_dir``.
 
@@ -100,23 +122,7 @@ def write_report(source: Any, out_dir: str | Path, overwrite: bool = False) -> P
 
     reps = _representatives(df, notes)
     if reps:
-        from .connectivity_figures import plot_architecture, plot_w_heatmaps, plot_w_history
-
-        shown = reps[:MAX_HEATMAPS]
-        save_figure(plot_w_heatmaps({label: conn for label, _, conn in shown}), out_dir / "fig5_w_heatmaps.png")
-        md += ["## Fig. 5: connection weights\n",
-               "Final w of the best run (by mIoU) of each searched strategy: rows are decoder stages, columns "
-               "the candidate inputs; grey cells are inputs a stage cannot read.\n",
-               "![Fig. 5](fig5_w_heatmaps.png)\n"]
-        for label, kind, conn in reps:
-            if kind in ("sparsemask", "l1") and conn.history:
-                name = f"fig5_w_history_{_slug(label)}.png"
-                save_figure(plot_w_history(conn, title=f"{label}: w over epochs"), out_dir / name)
-                md.append(f"![{label}: w over epochs]({name})\n")
-        label, _, conn = next((r for r in reps if r[1] == "sparsemask"), reps[0])
-        save_figure(plot_architecture(_pruned_for_drawing(conn), title=label), out_dir / "architecture.png")
-        md += ["## Searched architecture\n", f"The decoder of the best {label} run.\n",
-               "![Architecture](architecture.png)\n"]
+        md += _connectivity_sections(reps, out_dir)
 
     skipped = skipped_runs(df)
     md.append("## Skipped runs\n")

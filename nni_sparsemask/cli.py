@@ -196,16 +196,13 @@ def _strategy_default(strategy: str, arg: str) -> Any:
     return STRATEGIES.get(strategy).params[arg].default
 
 
-def build_parser() -> argparse.ArgumentParser:
-    c = _configs()
-    parser = argparse.ArgumentParser(prog="sparsemask", description="SparseMask connectivity search on NNI")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, formatter_class=_Help)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, formatter_class=_Help)
 
-    pre = c.PretrainConfig
-    p = command("pretrain", "pre-train a backbone as a DigitScenes digit classifier (cached)")
+def _add_pretrain_command(sub: Any) -> None:
+    pre = _configs().PretrainConfig
+    p = _command(sub, "pretrain", "pre-train a backbone as a DigitScenes digit classifier (cached)")
     _add_model(p)
     p.add_argument("--image-size", type=int, default=pre.image_size, help="side of the one-digit scenes")
     p.add_argument("--scenes", type=int, default=pre.num_scenes, help="one-digit training scenes")
@@ -217,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_pretrain)
 
-    p = command("search", "search a decoder: sparsemask, l1, maskconnect, random or rand_rule")
+
+def _add_search_command(sub: Any) -> None:
+    c = _configs()
+    p = _command(sub, "search", "search a decoder: sparsemask, l1, maskconnect, random or rand_rule")
     p.add_argument("--strategy", default="sparsemask", help="sparsemask, l1, maskconnect, random or rand_rule")
     p.add_argument("--lambda-sparse", "--lambda", dest="lambda_sparse", type=float, default=None,
                    help="sparsemask / l1: loss strength (None: the strategy's own, "
@@ -238,25 +238,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(p)
     p.set_defaults(func=_search)
 
-    p = command("prune", "re-threshold a finished search at another sigma (no training)")
+
+def _add_prune_command(sub: Any) -> None:
+    p = _command(sub, "prune", "re-threshold a finished search at another sigma (no training)")
     p.add_argument("search_dir")
     p.add_argument("--threshold", type=float, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_prune)
 
-    p = command("retrain", "train a searched (--connectivity) or hand-designed (--decoder) decoder")
+
+def _add_retrain_command(sub: Any) -> None:
+    p = _command(sub, "retrain", "train a searched (--connectivity) or hand-designed (--decoder) decoder")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--connectivity", help="connectivity.json of a search or prune run")
     which.add_argument("--decoder", help="fcn, unet, sparseacn, deeplabv3 or fdn")
-    _add_schedule(p, c.TrainConfig)
+    _add_schedule(p, _configs().TrainConfig)
     _add_data(p)
     _add_model(p)
     _add_fps(p)
     _add_run(p)
     p.set_defaults(func=_retrain)
 
-    p = command("evaluate", "evaluate a finished retrain run again (mIoU, params, FPS)")
+
+def _add_evaluate_command(sub: Any) -> None:
+    p = _command(sub, "evaluate", "evaluate a finished retrain run again (mIoU, params, FPS)")
     p.add_argument("run")
     _add_fps(p)
     p.add_argument("--device", default=None, help="cpu or cuda (None: cuda when available)")
@@ -264,13 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate)
 
+
+def _add_demo_command(sub: Any) -> None:
     import dataclasses
     from types import SimpleNamespace
 
     from nni_sparsemask.run.demo import DemoConfig
 
     d = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(DemoConfig)})  # no validation: no torch
-    p = command("demo", "pretrain -> search -> prune -> retrain -> evaluate on DigitScenes, vs dense FDN")
+    p = _command(sub, "demo", "pretrain -> search -> prune -> retrain -> evaluate on DigitScenes, vs dense FDN")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--search-epochs", type=int, default=d.search_epochs, help="search epochs")
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs, help="retraining epochs of every network")
@@ -294,12 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 
-    p = command("report", "Table 1, Fig. 4, Fig. 5 from run directories or an NNI experiment id")
+
+def _add_report_command(sub: Any) -> None:
+    p = _command(sub, "report", "Table 1, Fig. 4, Fig. 5 from run directories or an NNI experiment id")
     p.add_argument("source", help="a folder of run directories, or an NNI experiment id")
     p.add_argument("--out", required=True, help="report folder (report.md, results.csv, figures)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.set_defaults(func=_report)
 
+
+#: the subcommands in the order ``--help`` lists them (``compare`` is added by the comparison layer)
+_COMMANDS = (_add_pretrain_command, _add_search_command, _add_prune_command, _add_retrain_command,
+             _add_evaluate_command, _add_demo_command, _add_report_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsemask", description="SparseMask connectivity search on NNI")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(sub)
     from nni_sparsemask.comparison.compare import register_cli
     register_cli(sub)
     return parser

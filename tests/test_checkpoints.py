@@ -153,3 +153,54 @@ def test_train_network_refuses_a_broken_last_checkpoint_before_training(tmp_path
         pipeline.train_network(torch.nn.Identity(), run, pipeline.TrainConfig(), pipeline.DataConfig(), resume=True,
                                progress=False, accelerator="cpu")
     run.close()
+
+
+# ---- the search's own checkpoint (nas/searchdir.py) -------------------------------------------------------
+def test_the_file_checks_live_in_the_base_layer_and_run_re_exports_them():
+    from nni_sparsemask import checkpoint_files
+    from nni_sparsemask.run import checkpoints
+
+    for name in ("CheckpointError", "check_checkpoint", "load_checkpoint"):
+        assert getattr(checkpoints, name) is getattr(checkpoint_files, name)
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "flipped"])
+def test_searchdir_resume_epoch_refuses_a_broken_checkpoint_in_one_line(good, tmp_path, kind):
+    from nni_sparsemask.nas import searchdir
+
+    content, what = _broken_files(good)[kind]
+    path = tmp_path / "search-last.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        searchdir.resume_epoch(path)
+    assert what in _assert_one_line(err, path)
+
+
+TINY_SEARCH = ["--epochs", "1", "--no-progress", "--backbone", "convnet", "--backbone-kwargs",
+               '{"widths": [4, 8, 8, 8, 8]}', "--backbone-weights", "none", "--decoder-channels", "8",
+               "--image-size", "32", "--train-scenes", "32", "--val-scenes", "8", "--batch-size", "8"]
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_search_resume_from_a_broken_search_checkpoint_is_one_error_line(tmp_path, capsys):
+    """``sparsemask search --resume`` on a run whose SparseMask checkpoint (``search/checkpoints/search-last.ckpt``)
+    was cut short: exit status 2 and one line naming the file, not torch's zip-reader traceback."""
+    from nni_sparsemask.cli import main
+    from nni_sparsemask.nas.searchdir import CHECKPOINT_FILE, RESULT_FILE
+
+    out = tmp_path / "s"
+    assert main(["search", "--out", str(out)] + TINY_SEARCH) == 0
+    # what an interrupted search leaves: its checkpoint, no result yet
+    (out / "search.json").unlink()
+    (out / "search" / RESULT_FILE).unlink()
+    ckpt = out / "search" / CHECKPOINT_FILE
+    data = ckpt.read_bytes()
+    for content, what in ((data[: len(data) // 2], "not a complete PyTorch checkpoint"), (b"", "empty (0 bytes)")):
+        ckpt.write_bytes(content)
+        capsys.readouterr()
+        assert main(["search", "--out", str(out), "--resume"] + TINY_SEARCH) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "PytorchStreamReader" not in err, err
+        errors = [line for line in err.splitlines() if line.startswith("sparsemask search: error:")]
+        assert len(errors) == 1 and str(ckpt) in errors[0] and what in errors[0] and "delete it" in errors[0], err
+        assert ckpt.read_bytes() == content  # left as it was, for the user to look at

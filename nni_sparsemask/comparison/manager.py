@@ -1,5 +1,5 @@
-"""NNI's manager for ``sparsemask compare`` (and the view mode of ``analysis.load_results``): started on 127.0.0.1,
-checked, stopped by its own process id.
+"""NNI's manager for ``sparsemask compare``: started on 127.0.0.1, checked, stopped by its own process id (the
+report of a finished experiment needs no manager: ``analysis`` reads NNI's SQLite database).
 
 NNI's manager (a Node process) has no authentication on its REST API and web UI, and ``app.listen(port)`` binds
 every interface. On the ``local`` training service it therefore gets the preload ``loopback.js`` (``node

@@ -35,7 +35,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
+from nni_sparsemask.checkpoint_files import load_checkpoint
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_FILE", "RESULT_FILE", "CHECKPOINT_KEY", "space_fingerprint", "prepare",
            "save_checkpoint", "put_state", "load_history", "resume_epoch", "write_result"]
@@ -107,8 +107,11 @@ def load_history(checkpoint: dict[str, Any]) -> list[dict[str, list[float]]]:
 
 
 def resume_epoch(ckpt: Path) -> int:
-    """The first epoch a fit resumed from ``ckpt`` runs: the number of epochs in its history."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY)
+    """The first epoch a fit resumed from ``ckpt`` runs: the number of epochs in its history.
+
+    A broken checkpoint (empty, cut short, bytes changed) raises one ``CheckpointError`` line naming it
+    (:func:`~nni_sparsemask.checkpoint_files.load_checkpoint`), before Lightning reads it."""
+    state = load_checkpoint(ckpt, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY)
     if state is None:
         raise ValueError(f"{ckpt} was not written by SparseMask; delete it or use a new run_dir")
     return len(state["history"])

@@ -125,52 +125,31 @@ def demo_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool = False, resume: bool = False,
-             progress: bool = True, log: Callable[[str], None] = print, accelerator: str = "auto") -> dict[str, Any]:
-    """Run the demo into ``out``; returns ``{"rows": [...], "seconds": {...}}`` (also in ``out/demo.json``)."""
-    import torch
+class _Steps:
+    """Runs the demo's steps by name, logging and timing each (``seconds``: name -> s, in the order run)."""
 
-    from nni_sparsemask.measure.deploy import AS_GIVEN
-    from nni_sparsemask.run.pipeline import resolve_backbone_weights
-    from nni_sparsemask.run.steps import format_iou, run_retrain, run_search
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log, self.seconds = log, {}
+        self.start = time.time()
 
-    cfg = cfg or DemoConfig()
-    run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume)
-    data = DataConfig(image_size=cfg.image_size, train_scenes=cfg.train_scenes, val_scenes=cfg.val_scenes,
-                      seed=cfg.seed)
-    model = ModelConfig(decoder_channels=cfg.decoder_channels)
-    train = TrainConfig(epochs=cfg.retrain_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed)
-    seconds: dict[str, float] = {}
-    t_all = time.time()
-
-    def step(name: str, fn: Callable[[], Any]) -> Any:
+    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
         t0 = time.time()
-        log(f"\n[demo] --- {name} ---")
+        self.log(f"\n[demo] --- {name} ---")
         result = fn()
-        seconds[name] = round(time.time() - t0, 1)
-        log(f"[demo] {name}: {seconds[name]:.0f} s")
+        self.seconds[name] = round(time.time() - t0, 1)
+        self.log(f"[demo] {name}: {self.seconds[name]:.0f} s")
         return result
 
-    common = dict(resume=resume, progress=progress, log=log, accelerator=accelerator)
-    weights = step("pretrain", lambda: resolve_backbone_weights(
-        model, data, log, {"num_scenes": cfg.pretrain_scenes, "epochs": cfg.pretrain_epochs, "seed": cfg.seed}, progress))
-    model = dataclasses.replace(model, backbone_weights=weights)  # every later step loads this very file
-    search = step("search", lambda: run_search(
-        run.file("search"), "sparsemask", {"lambda_sparse": cfg.lambda_sparse, "threshold": cfg.threshold,
-                                           "seed": cfg.seed}, data, model, epochs=cfg.search_epochs,
-        learning_rate=cfg.learning_rate, arc_learning_rate=cfg.arc_learning_rate, **common))
-    heatmap = run.file("search") / "w_heatmap.png"
-    if heatmap.is_file():
-        shutil.copyfile(heatmap, run.file("w_heatmap.png"))
+
+def _networks(run: RunDir, cfg: DemoConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(title, run dir name, run_retrain arguments)`` of the searched decoder, the dense FDN and the baselines."""
     nets = [("SparseMask (searched)", "sparsemask", dict(connectivity=run.file("search") / "connectivity.json")),
             ("FDN (dense)", "fdn", dict(decoder="fdn"))]
-    nets += [(name.upper() if name == "fcn" else name, name, dict(decoder=name)) for name in cfg.baselines]
-    results = {}
-    for title, sub, which in nets:
-        results[sub] = step(f"retrain {sub}", lambda sub=sub, which=which: run_retrain(
-            run.file(sub), data, model, train, fps_size=cfg.fps_size, **which, **common))
-    fps_runs = {sub: run.file(sub) for _, sub, _ in nets}
-    side = step("FPS", lambda: fps_side_by_side(fps_runs, cfg.fps_size, device=_fps_device(accelerator)))
+    return nets + [(name.upper() if name == "fcn" else name, name, dict(decoder=name)) for name in cfg.baselines]
+
+
+def _rows(run: RunDir, nets: list, results: dict[str, Any], side: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of ``demo.json``: a retrain run's metrics with the FPS timed side by side (ratio to the dense FDN)."""
     fps = side["fps"]
     ratios = {sub: ratio_over_passes(side["rounds"], sub, "fdn") for _, sub, _ in nets}
     rows = []
@@ -180,15 +159,27 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
                      "pixel_accuracy": m["pixel_accuracy"], "params": m["params_text"],
                      "params_decoder": m["params_decoder"], "fps": fps[sub], "fps_ratio": ratios[sub][0],
                      "fps_ratio_range": list(ratios[sub][1:]), "iou": m["iou"]})
-    seconds["total"] = round(time.time() - t_all, 1)
-    table = demo_table(rows)
-    threads = torch.get_num_threads()
-    note = (f"FPS: {side['device']}, {cfg.fps_size}x{cfg.fps_size}, batch 1, {threads} threads, "
-            f"{results['fdn'].get('fps_form', AS_GIVEN)}, measured side by side in {len(side['rounds'])} "
+    return rows
+
+
+def _note(cfg: DemoConfig, side: dict[str, Any], fps_form: str) -> str:
+    """How the table was measured (printed under it and written to ``table.md``)."""
+    import torch
+
+    return (f"FPS: {side['device']}, {cfg.fps_size}x{cfg.fps_size}, batch 1, {torch.get_num_threads()} threads, "
+            f"{fps_form}, measured side by side in {len(side['rounds'])} "
             f"round-robin passes: FPS of the best pass; FPS / dense FDN is the median (range) of the ratio within "
             f"each pass. "
             f"Search {cfg.search_epochs} epochs, every network retrained {cfg.retrain_epochs} epochs on "
             f"{cfg.train_scenes} DigitScenes {cfg.image_size}px scenes; mIoU on {cfg.val_scenes} val scenes.")
+
+
+def _finish(run: RunDir, rows: list[dict[str, Any]], note: str, search: dict[str, Any], side: dict[str, Any],
+            seconds: dict[str, float], log: Callable[[str], None]) -> dict[str, Any]:
+    """Print the table and the search's outcome, write ``demo.json`` and ``table.md``; returns the summary."""
+    from nni_sparsemask.run.steps import format_iou
+
+    table = demo_table(rows)
     log("\n" + table + "\n" + note)
     for r in rows:
         log(f"  {r['name']} per-class IoU: {format_iou(r['iou'])}")
@@ -202,3 +193,41 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     run.write_json("demo.json", summary)
     run.file("table.md").write_text(table + "\n\n" + note + "\n")
     return summary
+
+
+def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool = False, resume: bool = False,
+             progress: bool = True, log: Callable[[str], None] = print, accelerator: str = "auto") -> dict[str, Any]:
+    """Run the demo into ``out``; returns ``{"rows": [...], "seconds": {...}}`` (also in ``out/demo.json``)."""
+    from nni_sparsemask.measure.deploy import AS_GIVEN
+    from nni_sparsemask.run.pipeline import resolve_backbone_weights
+    from nni_sparsemask.run.steps import run_retrain, run_search
+
+    cfg = cfg or DemoConfig()
+    run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume)
+    data = DataConfig(image_size=cfg.image_size, train_scenes=cfg.train_scenes, val_scenes=cfg.val_scenes,
+                      seed=cfg.seed)
+    model = ModelConfig(decoder_channels=cfg.decoder_channels)
+    train = TrainConfig(epochs=cfg.retrain_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed)
+    step = _Steps(log)
+    common = dict(resume=resume, progress=progress, log=log, accelerator=accelerator)
+    weights = step("pretrain", lambda: resolve_backbone_weights(
+        model, data, log, {"num_scenes": cfg.pretrain_scenes, "epochs": cfg.pretrain_epochs, "seed": cfg.seed}, progress))
+    model = dataclasses.replace(model, backbone_weights=weights)  # every later step loads this very file
+    search = step("search", lambda: run_search(
+        run.file("search"), "sparsemask", {"lambda_sparse": cfg.lambda_sparse, "threshold": cfg.threshold,
+                                           "seed": cfg.seed}, data, model, epochs=cfg.search_epochs,
+        learning_rate=cfg.learning_rate, arc_learning_rate=cfg.arc_learning_rate, **common))
+    heatmap = run.file("search") / "w_heatmap.png"
+    if heatmap.is_file():
+        shutil.copyfile(heatmap, run.file("w_heatmap.png"))
+    nets = _networks(run, cfg)
+    results = {}
+    for _, sub, which in nets:
+        results[sub] = step(f"retrain {sub}", lambda sub=sub, which=which: run_retrain(
+            run.file(sub), data, model, train, fps_size=cfg.fps_size, **which, **common))
+    fps_runs = {sub: run.file(sub) for _, sub, _ in nets}
+    side = step("FPS", lambda: fps_side_by_side(fps_runs, cfg.fps_size, device=_fps_device(accelerator)))
+    rows = _rows(run, nets, results, side)
+    step.seconds["total"] = round(time.time() - step.start, 1)
+    note = _note(cfg, side, results["fdn"].get("fps_form", AS_GIVEN))
+    return _finish(run, rows, note, search, side, step.seconds, log)

@@ -55,7 +55,7 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
                arc_learning_rate: float = SearchConfig.arc_learning_rate, overwrite: bool = False, resume: bool = False,
                progress: bool = True, accelerator: str = "auto", log: Log = print) -> dict[str, Any]:
     """Search a decoder of the FDN space with ``strategy`` (see ``baselines.STRATEGIES``) on ``data``."""
-    from nni_sparsemask.run.registry import STRATEGIES, build_strategy, validate_strategy_args
+    from nni_sparsemask.run.registry import STRATEGIES, validate_strategy_args
 
     entry = STRATEGIES.get(strategy)
     params = validate_strategy_args(strategy, strategy_args)
@@ -70,49 +70,69 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     meta = {"method": strategy, "params": params, "num_classes": data.num_classes, "dataset": data.dataset}
     t0 = time.time()
     if entry.kind == "sampler":
-        from nni_sparsemask.fdn.backbones import build_backbone
-        sampler = build_strategy(strategy, params)
-        info = build_backbone(model.backbone, **model.backbone_kwargs).feature_info
-        conns = sampler.sample(model.backbone, info, model.backbone_kwargs)
-        samples = run.file("samples")
-        samples.mkdir(exist_ok=True)
-        for i, c in enumerate(conns):
-            c.meta = dict(c.meta, **meta, sample=i)
-            c.to_json(samples / f"sample-{i:02d}.json", overwrite=True)
-        conn = conns[0]
-        summary = {"method": strategy, "params": params, "samples": len(conns),
-                   "edges": [c.num_edges for c in conns], "search_seconds": time.time() - t0}
+        conn, summary = _sample(run, strategy, params, model, meta, t0)
     else:
-        from nni.nas.experiment import NasExperiment
-
-        from nni_sparsemask.fdn.space import FDNSpace
-        from nni_sparsemask.run.lightning import Segmentation
-
-        weights = resolve_backbone_weights(model, data, log, progress=progress)
-        seed_everything(int(params.get("seed", 0)))  # the decoder's initial weights
-        space = FDNSpace(model.backbone, num_classes=data.num_classes, decoder_channels=model.decoder_channels,
-                         backbone_weights=weights, backbone_kwargs=model.backbone_kwargs)
-        train_loader, val_loader = make_loaders(data)
-        evaluator = Segmentation(num_classes=data.num_classes, learning_rate=learning_rate,
-                                 train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=epochs,
-                                 accelerator=accelerator, enable_checkpointing=False, logger=False,
-                                 enable_progress_bar=progress, enable_model_summary=False)
-        strat = build_strategy(strategy, params, run_dir=run.file("search"), arc_learning_rate=arc_learning_rate)
-        log(f"[search] {strategy} {params}: {epochs} epochs on {data.dataset} ({data.train_scenes} scenes, "
-            f"{data.image_size}px), run dir {run.path}")
-        NasExperiment(space, evaluator, strat).run()
-        full = space.connectivity_from_weights(strat.weights(), None, strat.history(), meta)
-        full.to_json(run.file("connectivity_full.json"), overwrite=True)
-        conn = strat.connectivity()
-        conn.meta = dict(conn.meta, **meta)
-        gap = strat.binarization()["overall"]
-        summary = {"method": strategy, "params": params, "edges": conn.num_edges, "stages": len(conn.stages()),
-                   "binarization": gap, "binarization_gap": gap.get("gap"), "weights": strat.weights(),
-                   "search_seconds": time.time() - t0}
-        _heatmap(full, run.file("w_heatmap.png"), strategy, log)
+        conn, summary = _search_oneshot(run, strategy, params, data, model, meta, schedule, t0, progress=progress,
+                                        accelerator=accelerator, log=log)
     conn.to_json(run.file("connectivity.json"), overwrite=True)
     run.write_json(SEARCH_DONE, summary)
     return summary
+
+
+def _sample(run: RunDir, strategy: str, params: dict[str, Any], model: ModelConfig, meta: dict[str, Any],
+            t0: float) -> tuple[Connectivity, dict[str, Any]]:
+    """A sampler's decoders into ``samples/sample-NN.json``; the first one and the summary (timed from ``t0``)."""
+    from nni_sparsemask.fdn.backbones import build_backbone
+    from nni_sparsemask.run.registry import build_strategy
+
+    sampler = build_strategy(strategy, params)
+    info = build_backbone(model.backbone, **model.backbone_kwargs).feature_info
+    conns = sampler.sample(model.backbone, info, model.backbone_kwargs)
+    samples = run.file("samples")
+    samples.mkdir(exist_ok=True)
+    for i, c in enumerate(conns):
+        c.meta = dict(c.meta, **meta, sample=i)
+        c.to_json(samples / f"sample-{i:02d}.json", overwrite=True)
+    return conns[0], {"method": strategy, "params": params, "samples": len(conns),
+                      "edges": [c.num_edges for c in conns], "search_seconds": time.time() - t0}
+
+
+def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: DataConfig, model: ModelConfig,
+                    meta: dict[str, Any], schedule: SearchConfig, t0: float, *, progress: bool, accelerator: str,
+                    log: Log) -> tuple[Connectivity, dict[str, Any]]:
+    """A one-shot search (``NasExperiment``) of the FDN space, its own files in ``search/``: the pruned
+    connectivity and the summary (timed from ``t0``); ``connectivity_full.json`` and the w heatmap are written
+    here."""
+    from nni.nas.experiment import NasExperiment
+
+    from nni_sparsemask.fdn.space import FDNSpace
+    from nni_sparsemask.run.lightning import Segmentation
+    from nni_sparsemask.run.registry import build_strategy
+
+    weights = resolve_backbone_weights(model, data, log, progress=progress)
+    seed_everything(int(params.get("seed", 0)))  # the decoder's initial weights
+    space = FDNSpace(model.backbone, num_classes=data.num_classes, decoder_channels=model.decoder_channels,
+                     backbone_weights=weights, backbone_kwargs=model.backbone_kwargs)
+    train_loader, val_loader = make_loaders(data)
+    evaluator = Segmentation(num_classes=data.num_classes, learning_rate=schedule.learning_rate,
+                             train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=schedule.epochs,
+                             accelerator=accelerator, enable_checkpointing=False, logger=False,
+                             enable_progress_bar=progress, enable_model_summary=False)
+    strat = build_strategy(strategy, params, run_dir=run.file("search"),
+                           arc_learning_rate=schedule.arc_learning_rate)
+    log(f"[search] {strategy} {params}: {schedule.epochs} epochs on {data.dataset} ({data.train_scenes} scenes, "
+        f"{data.image_size}px), run dir {run.path}")
+    NasExperiment(space, evaluator, strat).run()
+    full = space.connectivity_from_weights(strat.weights(), None, strat.history(), meta)
+    full.to_json(run.file("connectivity_full.json"), overwrite=True)
+    conn = strat.connectivity()
+    conn.meta = dict(conn.meta, **meta)
+    gap = strat.binarization()["overall"]
+    summary = {"method": strategy, "params": params, "edges": conn.num_edges, "stages": len(conn.stages()),
+               "binarization": gap, "binarization_gap": gap.get("gap"), "weights": strat.weights(),
+               "search_seconds": time.time() - t0}
+    _heatmap(full, run.file("w_heatmap.png"), strategy, log)
+    return conn, summary
 
 
 # ------------------------------------------------------------------------------------------------ prune
@@ -164,22 +184,13 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
     file, or one level up for a sampler's ``samples/sample-NN.json``."""
     if (connectivity is None) == (decoder is None):
         raise ValueError("give exactly one of --connectivity FILE and --decoder NAME")
-    conn = None
-    extra: dict[str, Any] = {}
     if connectivity is not None:
         connectivity = Path(connectivity)
-        conn = Connectivity.from_json(connectivity)
-        check_connectivity(conn, model, data.num_classes, str(connectivity))
-        method = method or str(conn.meta.get("method", "searched"))
-        params = dict(conn.meta.get("params") or {}) if params is None else dict(params)
-        for summary in (connectivity.parent / SEARCH_DONE, connectivity.parent.parent / SEARCH_DONE):
-            if summary.is_file():
-                found = read_json(summary)
-                extra = {k: found[k] for k in ("binarization_gap", "search_seconds") if found.get(k) is not None}
-                break
+        conn, method, params, extra = _searched_decoder(connectivity, model, data, method, params)
     else:
         from nni_sparsemask.run.registry import DECODERS
         DECODERS.get(decoder)  # unknown name -> clear error before anything is written
+        conn, extra = None, {}
         method, params = method or decoder, dict(params or {})
     config = _base_config("retrain", method, params, train.seed, data, model)
     config.update(train=dataclasses.asdict(train), decoder=decoder,
@@ -210,6 +221,23 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                "epochs": train.epochs, **extra}
     run.write_json("metrics.json", metrics)
     return metrics
+
+
+def _searched_decoder(connectivity: Path, model: ModelConfig, data: DataConfig, method: Optional[str],
+                      params: Optional[dict[str, Any]]) -> tuple[Connectivity, str, dict[str, Any], dict[str, Any]]:
+    """The checked connectivity of a search, the run's method and params (default: the search's) and what the
+    search's ``search.json`` (beside the file, or one level up for a sampler's sample) says of it."""
+    conn = Connectivity.from_json(connectivity)
+    check_connectivity(conn, model, data.num_classes, str(connectivity))
+    method = method or str(conn.meta.get("method", "searched"))
+    params = dict(conn.meta.get("params") or {}) if params is None else dict(params)
+    extra: dict[str, Any] = {}
+    for summary in (connectivity.parent / SEARCH_DONE, connectivity.parent.parent / SEARCH_DONE):
+        if summary.is_file():
+            found = read_json(summary)
+            extra = {k: found[k] for k in ("binarization_gap", "search_seconds") if found.get(k) is not None}
+            break
+    return conn, method, params, extra
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
