@@ -1,9 +1,11 @@
 """Table 1 and the binarisation-gap table, as markdown, from the results DataFrame.
 
 Runs are grouped by family (and, when one family was run with several hyper-parameter settings, by setting
-as well); numbers over several runs of a group (seeds) are ``mean ± std`` with the sample standard deviation
-(ddof=1), a single run shows its value alone. #Params is ``encoder+decoder`` as in Table 1 (``2.22+0.56M``),
-in M, or in K when some part would round to 0.00M. Rows follow :attr:`.families.Family.order`:
+as well); numbers over several runs of a group are ``mean ± std`` with the sample standard deviation
+(ddof=1), a single run shows its value alone. A group whose runs share a seed says so in its Runs column
+(``3 (1 seed)``; ``8 (1 seed, 8 samples)`` for the random decoders of one seed): the spread of replicates of one
+seed is run-to-run nondeterminism, not variation over seeds. #Params is ``encoder+decoder`` as in Table 1
+(``2.22+0.56M``), in M, or in K when some part would round to 0.00M. Rows follow :attr:`.families.Family.order`:
 hand-designed decoders, FDN ablations, then the search methods with SparseMask last.
 """
 from __future__ import annotations
@@ -64,7 +66,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         gaps = sub["binarization_gap"].dropna()
         out.append({
             "label": label, "family": first["family"], "group": first["group"], "kind": first["kind"],
-            "order": fam.order + (label,), "n": len(sub),
+            "order": fam.order + (label,), "n": len(sub), **_replicates(sub),
             "miou_mean": sub["miou"].mean(), "miou_std": _std(sub["miou"]),
             "fps_mean": sub["fps"].mean(), "fps_std": _std(sub["fps"]),
             "params_encoder": sub["params_encoder"].mean(), "params_decoder": sub["params_decoder"].mean(),
@@ -74,6 +76,16 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         })
     summary = pd.DataFrame(out).sort_values("order", kind="stable").reset_index(drop=True)
     return summary.drop(columns="order")
+
+
+def _replicates(runs: pd.DataFrame) -> dict[str, int]:
+    """How the runs of one row differ: ``seeds`` (distinct known seeds), ``samples`` (distinct random-decoder
+    samples, 0 for other strategies) and ``distinct`` (distinct (seed, sample) pairs; fewer than the runs: some
+    are replicates of one seed and sample)."""
+    sample = runs["sample"] if "sample" in runs else pd.Series([None] * len(runs), index=runs.index)
+    keys = {(None if pd.isna(a) else a, None if pd.isna(b) else b) for a, b in zip(runs["seed"], sample)}
+    return {"seeds": int(runs["seed"].dropna().nunique()), "samples": int(sample.dropna().nunique()),
+            "distinct": len(keys)}
 
 
 def _std(values: pd.Series) -> float:
@@ -125,13 +137,32 @@ def table1_markdown(df: pd.DataFrame) -> str:
             format_params(r["params_encoder"], r["params_decoder"], unit),
             format_mean_std(r["fps_mean"], r["fps_std"], _fps_decimals(r["fps_mean"])),
             format_mean_std(r["edges_mean"], r["edges_std"], 0 if not r["edges_std"] > 0 else 1),
-            str(r["n"]),
+            _runs(r),
         ])
     table = markdown_table(["Method", "mIoU", f"#Params ({unit})", "FPS", "Edges", "Runs"], rows, "lrrrrr")
     devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
-    note = ("\n\nmIoU and FPS: mean ± sample std over runs (seeds) where a row has several. #Params: encoder+decoder."
-            + (f" FPS measured on {', '.join(devices)}." if devices else ""))
+    note = "\n\nmIoU and FPS: mean ± sample std over the runs of a row where it has several"
+    if ((s["seeds"] > 0) & (s["distinct"] < s["n"])).any():
+        note += ("; Runs 'n (k seeds)': the runs repeat a seed, so their ± is the run-to-run spread of the same "
+                 "seed (nondeterminism), not variation over seeds")
+    if ((s["samples"] > 1) & (s["seeds"] < s["n"])).any():
+        note += "; 'm samples': different random decoders drawn with the same seed"
+    if ((s["seeds"] == 0) & (s["n"] > 1)).any():
+        note += "; 'seeds unknown': the runs do not record their seed"
+    note += ". #Params: encoder+decoder." + (f" FPS measured on {', '.join(devices)}." if devices else "")
     return table + note
+
+
+def _runs(row: pd.Series) -> str:
+    """``'3'``, or ``'3 (1 seed)'`` when the runs share a seed (``'8 (1 seed, 8 samples)'``, ``'3 (seeds
+    unknown)'``)."""
+    n, seeds, samples = int(row["n"]), int(row["seeds"]), int(row["samples"])
+    if n < 2 or seeds >= n:
+        return str(n)
+    parts = [f"{seeds} seed{'' if seeds == 1 else 's'}" if seeds else "seeds unknown"]
+    if samples > 1:
+        parts.append(f"{samples} samples")
+    return f"{n} ({', '.join(parts)})"
 
 
 def format_gap(gap: float) -> str:

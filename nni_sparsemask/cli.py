@@ -2,15 +2,19 @@
 
 Argument parsing only; the work is in :mod:`.workflow` (search, prune, retrain, evaluate), :mod:`.demo` and
 :mod:`.pretrain`. Every command writes a run directory (``--out``) that is never overwritten without
-``--overwrite``; ``search`` and ``retrain`` continue an interrupted run with ``--resume``. Bad input ends with
-one line ``sparsemask CMD: error: ...`` and exit status 2.
+``--overwrite``; ``search``, ``retrain`` and ``demo`` continue an interrupted run with ``--resume``. Bad input ends
+with one line ``sparsemask CMD: error: ...`` and exit status 2, before anything is written; Ctrl-C with one line
+``sparsemask CMD: interrupted`` (naming ``--resume`` where the command has it) and exit status 130.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-from typing import Any, Optional
+import threading
+from typing import Any, Iterator, Optional
 
 # Every default below is read from the typed configs (nni_sparsemask.run.config, .pretrain, .demo), the one
 # place defaults live; --help prints them (ArgumentDefaultsHelpFormatter) and a test compares the two.
@@ -191,9 +195,13 @@ def _report(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
-def _strategy_default(strategy: str, arg: str) -> Any:
+def _strategy_param(strategy: str, arg: str) -> Any:
     from nni_sparsemask.run.registry import STRATEGIES
-    return STRATEGIES.get(strategy).params[arg].default
+    return STRATEGIES.get(strategy).params[arg]
+
+
+def _strategy_default(strategy: str, arg: str) -> Any:
+    return _strategy_param(strategy, arg).default
 
 
 def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
@@ -224,8 +232,9 @@ def _add_search_command(sub: Any) -> None:
                         f"{_strategy_default('sparsemask', 'lambda_sparse')} / {_strategy_default('l1', 'lambda_sparse')})")
     p.add_argument("--threshold", type=float, default=None,
                    help=f"sparsemask / l1: sigma (None: {_strategy_default('sparsemask', 'threshold')})")
-    p.add_argument("--k", type=int, default=None, help="maskconnect: inputs per stage (2..5; None: "
-                   f"{_strategy_default('maskconnect', 'k')})")
+    k = _strategy_param("maskconnect", "k")
+    p.add_argument("--k", type=int, default=None, help=f"maskconnect: inputs per stage ({k.low}..{k.high}; None: "
+                   f"{k.default})")
     p.add_argument("--samples", type=int, default=None,
                    help=f"random / rand_rule: decoders sampled (None: {_strategy_default('random', 'samples')})")
     p.add_argument("--density", type=float, default=None,
@@ -326,13 +335,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: set by the SIGINT handler a command runs under (:func:`_noting_interrupts`): Lightning turns Ctrl-C into
+#: ``sys.exit(1)`` (pytorch_lightning.trainer.call), which NNI's sequential engine and strategy then log as a failed
+#: model and a failed strategy (nni.nas.execution.sequential, nni.nas.strategy.base) before re-raising it
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def _noting_interrupts() -> Iterator[None]:
+    def handler(signum, frame):
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    _INTERRUPTED.clear()
+    try:
+        old = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no handler, no note
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)
+
+
+def _interrupted(args) -> int:
+    hint = "; continue with --resume" if getattr(args, "resume", None) is not None else ""
+    print(f"sparsemask {args.command}: interrupted{hint}", file=sys.stderr)
+    return 130
+
+
 class _DropNoise:
-    """Logging filter for NNI messages that repeat on every in-process experiment and say nothing to act on."""
+    """Logging filter for NNI messages that repeat on every in-process experiment and say nothing to act on, and
+    for the failures NNI reports when the "failure" was Ctrl-C."""
 
     NOISE = ("`training_service` will be ignored", "Checkpoint callback is found to be None")
+    INTERRUPT_NOISE = ("fails to be executed", "Strategy failed to execute")
 
     def filter(self, record) -> bool:
         msg = record.getMessage()
+        if _INTERRUPTED.is_set() and any(n in msg for n in self.INTERRUPT_NOISE):
+            return False
         return not any(n in msg for n in self.NOISE)
 
 
@@ -352,11 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("search", "retrain", "evaluate", "demo"):
         _quiet_nni()
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"sparsemask {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    with _noting_interrupts():
+        try:
+            return args.func(args)
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
+            if _INTERRUPTED.is_set():
+                return _interrupted(args)
+            print(f"sparsemask {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        except BaseException:  # KeyboardInterrupt, or what Lightning / NNI made of it
+            if _INTERRUPTED.is_set():
+                return _interrupted(args)
+            raise
 
 
 if __name__ == "__main__":

@@ -290,6 +290,34 @@ def test_seeds_and_samples_in_params_are_replicates_not_settings(tmp_path):
     assert md.count("35.00 ± 7.07%") == 2
 
 
+def test_replicates_of_one_seed_are_not_called_seed_variation(tmp_path):
+    """Three runs of seed 0 (the same command run three times) vary only by nondeterminism: the table says so
+    instead of presenting their spread as variation over seeds."""
+    for i, miou in enumerate((0.70, 0.71, 0.72)):
+        write_run(tmp_path, f"fcn-{i}", "fcn", {}, 0, miou)
+    for seed, miou in ((0, 0.60), (1, 0.62), (1, 0.61)):
+        write_run(tmp_path, f"unet-{seed}-{miou}", "unet", {}, seed, miou)
+    for seed, miou in ((0, 0.50), (1, 0.52)):
+        write_run(tmp_path, f"sp-{seed}", "sparseacn", {}, seed, miou)
+    df = results.load_results(tmp_path)
+    s = table.summarize(df).set_index("label")
+    assert (s.loc["FCN", "n"], s.loc["FCN", "seeds"]) == (3, 1)
+    assert (s.loc["U-Net", "n"], s.loc["U-Net", "seeds"]) == (3, 2)
+    md = table.table1_markdown(df)
+    rows = {l.split(" | ")[0].strip("| "): l for l in md.splitlines() if l.startswith("| ") and "---" not in l}
+    assert rows["FCN"].endswith("| 3 (1 seed) |") and "71.00 ± 1.00%" in rows["FCN"]
+    assert rows["U-Net"].endswith("| 3 (2 seeds) |")
+    assert rows["SparseACN"].endswith("| 2 |")  # two seeds: seed variation, as the note says
+    assert "repeat a seed" in md and "not variation over seeds" in md and "samples" not in md
+
+
+def test_random_samples_of_one_seed_are_named_samples(tmp_path):
+    for sample, miou in ((0, 0.5), (1, 0.6), (2, 0.7)):
+        write_run(tmp_path, f"rand-{sample}", "random", {"samples": 3, "sample": sample, "seed": 0}, 0, miou)
+    md = table.table1_markdown(results.load_results(tmp_path))
+    assert "| 3 (1 seed, 3 samples) |" in md and "different random decoders" in md and "repeat a seed" not in md
+
+
 def test_gap_table(root):
     md = table.gap_table_markdown(results.load_results(root))
     assert "| L1 lambda=0.005 | 1 | 2.6x | - |" in md

@@ -486,3 +486,96 @@ def test_stop_midway_then_resume_finishes_the_grid_without_redoing_entries(tmp_p
     assert len(results) == 1 + 3  # one row per finished entry, even for an entry NNI handed out twice
     assert (report / "report.md").is_file()
     assert _refused(socket.AF_INET, "127.0.0.1", port)
+
+
+# ------------------------------------------------------------------------------------------------ --stop
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+
+
+def _identity(pid: int) -> dict:
+    import psutil
+    return {"pid": pid, "started": psutil.Process(pid).create_time()}
+
+
+def test_stop_ends_recorded_processes_and_only_those(tmp_path):
+    """The record names a compare, a manager and a trial (sleeping stand-ins), and this very process with another
+    start time (its pid reused since): the three are ended, this process is left alone."""
+    compare_p, manager_p, trial_p = _sleeper(), _sleeper(), _sleeper()
+    try:
+        stale = dict(_identity(os.getpid()), started=_identity(os.getpid())["started"] - 1000)
+        folder = tmp_path / "nni" / "abcd1234"
+        folder.mkdir(parents=True)
+        (folder / manager.PROCESS_RECORD).write_text(json.dumps({
+            "experiment": "abcd1234", "port": free_port(), "compare": _identity(compare_p.pid),
+            "manager": _identity(manager_p.pid), "trials": [_identity(trial_p.pid), stale]}))
+        lines = []
+        assert compare.stop_compare("abcd1234", tmp_path / "nni", log=lines.append) == 0
+        for p in (compare_p, manager_p, trial_p):
+            assert p.wait(timeout=30) is not None
+        text = "\n".join(lines)
+        assert f"compare process {compare_p.pid}" in text and f"manager (pid {manager_p.pid})" in text, text
+        assert "sparsemask compare --resume abcd1234" in text
+        lines.clear()  # a second stop finds nothing running
+        compare.stop_compare("abcd1234", tmp_path / "nni", log=lines.append)
+        assert "nothing of experiment abcd1234 was still running" in lines[0]
+    finally:
+        for p in (compare_p, manager_p, trial_p):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    with pytest.raises(ValueError, match="not started by `sparsemask compare` here"):
+        compare.stop_compare("nosuchid", tmp_path / "nni")
+
+
+def test_stop_takes_only_an_id(capsys):
+    from nni_sparsemask.cli import main
+    assert main(["compare", "some.yml", "--stop", "abc"]) == 2
+    assert "--stop ID takes no CONFIG" in capsys.readouterr().err
+
+
+def test_stop_ends_the_manager_and_trials_of_a_killed_compare(tmp_path):
+    """A real compare (trials: `sleep 300`) is killed with SIGKILL, leaving NNI's manager and its trial running;
+    `sparsemask compare --stop ID` ends both, by the pids the compare recorded, and NNI lists it as STOPPED."""
+    import psutil
+
+    from nni_sparsemask.cli import main
+
+    path = write_config(tmp_path, trial_command="sleep 300")
+    port = free_port()
+    log_file = tmp_path / "compare.log"
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "nni_sparsemask.comparison.compare", str(path), "--port",
+                                 str(port), "--poll", "1"], stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=tmp_path)
+    experiment_id = None
+    try:
+        _wait_for(lambda: "[compare] experiment " in log_file.read_text(), 120, "the start", proc)
+        experiment_id = log_file.read_text().split("[compare] experiment ")[1].split()[0]
+        record_file = tmp_path / "nni" / experiment_id / manager.PROCESS_RECORD
+
+        def trial_recorded() -> bool:
+            record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+            return any(psutil.Process(t["pid"]).cmdline()[:1] == ["sleep"] for t in record.get("trials", [])
+                       if psutil.pid_exists(t["pid"]))
+        _wait_for(trial_recorded, 120, "a recorded trial", proc)
+        proc.kill()  # the compare dies without stopping anything
+        proc.wait(timeout=30)
+        record = json.loads(record_file.read_text())
+        node = psutil.Process(record["manager"]["pid"])
+        sleeps = [psutil.Process(t["pid"]) for t in record["trials"]
+                  if psutil.pid_exists(t["pid"]) and psutil.Process(t["pid"]).cmdline()[:1] == ["sleep"]]
+        assert node.is_running() and sleeps and not _refused(socket.AF_INET, "127.0.0.1", port)
+
+        assert main(["compare", "--stop", experiment_id]) == 0
+        gone = lambda p: not p.is_running() or p.status() == psutil.STATUS_ZOMBIE  # noqa: E731
+        assert gone(node) and all(gone(p) for p in sleeps)
+        assert _refused(socket.AF_INET, "127.0.0.1", port)
+        assert manager.manifest_entry(experiment_id)["status"] == "STOPPED"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if experiment_id is not None:
+            with __import__("contextlib").suppress(Exception):
+                manager.stop_recorded(experiment_id, tmp_path / "nni", log=lambda m: None)
+            forget(experiment_id)

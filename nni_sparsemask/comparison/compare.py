@@ -11,6 +11,8 @@
 3. Prints the web UI address, follows the trials until the grid is done, writes the report (``write_report``:
    Table 1, Fig. 4, Fig. 5) into ``--results`` (default ``reports/<experiment id>``) and stops the manager by
    its own process id. Ctrl-C (or SIGTERM) stops it too; ``--resume ID`` carries on later.
+4. ``--stop ID`` stops what a ``compare`` recorded (its own process, the manager and the trials, by pid and start
+   time: :func:`.manager.stop_recorded`), also after that ``compare`` was killed.
 
 Wire it into the ``sparsemask`` command with :func:`register_cli`; ``python -m nni_sparsemask.comparison.compare`` runs it
 alone.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import socket
 import sys
@@ -27,12 +30,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from nni_sparsemask.comparison.manager import manifest_entry, nni_error_line, start_experiment, stop_experiment
+from nni_sparsemask.comparison.manager import (manifest_entry, nni_error_line, record_processes, start_experiment,
+                                               stop_experiment, stop_recorded)
 # the config checks live in .plan; their names stay importable from here
 from nni_sparsemask.comparison.plan import (TRIAL_MODULE, ComparisonPlan, load_config, plan_comparison,  # noqa: F401
                                             validate_config)
 
-__all__ = ["ComparisonPlan", "load_config", "plan_comparison", "run_compare", "register_cli", "main"]
+__all__ = ["ComparisonPlan", "load_config", "plan_comparison", "run_compare", "stop_compare", "register_cli", "main"]
 
 FINISHED_STATUSES = ("DONE", "STOPPED", "ERROR")
 #: GridSearch ends with "no more trial" (NNI sets DONE only at maxTrialNumber): done once no trial is active
@@ -54,6 +58,7 @@ def _wait(experiment: Any, total: Optional[int], poll: float, log: Log) -> str:
             status = experiment.get_status()
             counts = _statistics(experiment)
             failures = 0
+            record_processes(experiment)  # the trials started since the last poll (what --stop ends)
         except Exception as err:  # the manager is gone or not answering
             failures += 1
             if failures >= 3:
@@ -199,6 +204,7 @@ def run_compare(config: Optional[str | Path] = None, *, resume: Optional[str] = 
     with _sigterm_as_interrupt():
         try:
             experiment = start_experiment(plan, port, resume=resume, expose=expose, log=log)
+            record_processes(experiment, compare_pid=os.getpid())
             where = "every interface, see the warning above" if expose else \
                 f"loopback only; from another machine: ssh -N -L {port}:127.0.0.1:{port} {_user_host()}"
             log(f"[compare] experiment {experiment.id} {'resumed' if resume else 'started'}: web UI "
@@ -222,6 +228,16 @@ def run_compare(config: Optional[str | Path] = None, *, resume: Optional[str] = 
         + (f"; {len(failed)} trial(s) failed, see above (sparsemask compare --resume {experiment.id} runs them "
            "again)" if failed else ""))
     return 0 if status == "DONE" and not failed else 1
+
+
+def stop_compare(experiment_id: str, experiments_dir: Optional[str | Path] = None, log: Log = print) -> int:
+    """``sparsemask compare --stop ID``: stop the compare process, NNI's manager and the trials of experiment
+    ``experiment_id`` that a ``compare`` recorded (also after it was killed); returns the exit status (0)."""
+    running = stop_recorded(experiment_id, experiments_dir, log=log)
+    log(f"[compare] experiment {experiment_id} stopped" if running else
+        f"[compare] nothing of experiment {experiment_id} was still running")
+    log(f"[compare] continue it with: sparsemask compare --resume {experiment_id}")
+    return 0
 
 
 def _write_report(experiment: Any, report_dir: Path, overwrite: bool, log: Log) -> None:
@@ -253,6 +269,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="nnictl experiment config, e.g. experiments/comparison-quick.yml (optional with --resume)")
     p.add_argument("--resume", metavar="EXPERIMENT_ID", default=None,
                    help="continue a stopped experiment: finished grid entries are not run again")
+    p.add_argument("--stop", metavar="EXPERIMENT_ID", default=None,
+                   help="stop an experiment a compare started (its manager and trials, by the pids it recorded), "
+                        "also after that compare was killed")
     p.add_argument("--port", type=int, default=8080, help="NNI manager / web UI port (default 8080)")
     p.add_argument("--results", default=None, metavar="DIR",
                    help="where the report goes (report.md, results.csv, figures; default reports/<experiment id>)")
@@ -272,6 +291,10 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.stop is not None:
+        if args.config is not None or args.resume is not None:
+            raise ValueError("--stop ID takes no CONFIG and no --resume")
+        return stop_compare(args.stop)
     try:
         return run_compare(args.config, resume=args.resume, port=args.port, results=args.results,
                            expose=args.expose, poll=args.poll)

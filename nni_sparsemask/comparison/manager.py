@@ -6,23 +6,33 @@ every interface. On the ``local`` training service it therefore gets the preload
 --require`` through ``NODE_OPTIONS``), and after the start its listening sockets are checked: anything off
 loopback and it is stopped. Cluster training services need the manager reachable from the workers: only with
 ``expose``.
+
+What ``sparsemask compare`` started can be stopped later, also after the ``compare`` process itself was killed
+(``sparsemask compare --stop ID``, :func:`stop_recorded`): it records the processes it is responsible for, each as
+``(pid, start time)`` so that a pid the system has since reused is never signalled, in
+``<experiment working directory>/<id>/`` :data:`PROCESS_RECORD`: its own, the manager's, and the manager's
+descendants (the local trials) at every poll.
 """
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import socket
 import sys
 import traceback
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 __all__ = ["LOOPBACK_JS", "temporary_environ", "loopback_environment", "listening_addresses", "is_loopback",
-           "manager_pid", "manifest_entry", "start_experiment", "stop_experiment", "nni_error_line"]
+           "manager_pid", "manifest_entry", "start_experiment", "stop_experiment", "nni_error_line", "PROCESS_RECORD",
+           "record_processes", "read_record", "stop_recorded"]
 
 LOOPBACK_JS = Path(__file__).with_name("loopback.js")
+PROCESS_RECORD = "sparsemask-processes.json"
 Log = Callable[[str], None]
 
 
@@ -204,3 +214,165 @@ def stop_experiment(experiment: Any, log: Log = print) -> None:
             except psutil.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=15)
+
+
+# ------------------------------------------------------------------------------------------------ recorded processes
+def _identity(proc: Any) -> dict[str, Any]:
+    return {"pid": int(proc.pid), "started": float(proc.create_time())}
+
+
+def _alive(entry: Any) -> Any:
+    """The ``psutil.Process`` recorded as ``entry`` (``{"pid", "started"}``) if it still runs, else None (a pid now
+    held by another process, started at another time, is not it)."""
+    import psutil
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("pid"), int):
+        return None
+    try:
+        proc = psutil.Process(entry["pid"])
+        if abs(proc.create_time() - float(entry.get("started", -1))) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except (psutil.Error, TypeError, ValueError):
+        return None
+
+
+def _experiment_dir(experiment: Any) -> Optional[Path]:
+    root = getattr(getattr(experiment, "config", None), "experiment_working_directory", None)
+    experiment_id = getattr(experiment, "id", None)
+    if not root or not experiment_id:
+        return None
+    return Path(str(root)).expanduser() / str(experiment_id)
+
+
+def record_processes(experiment: Any, compare_pid: Optional[int] = None) -> Optional[Path]:
+    """Write (or refresh) the record of what ``experiment`` runs: the manager this object started, its live
+    descendants (trials, NNI's dispatcher) added to those recorded before, and ``compare_pid`` (given once, at the
+    start). Returns the record's path, None when there is nothing to record; never raises (a record that cannot be
+    written only means ``--stop`` falls back to ``nnictl stop``)."""
+    import psutil
+
+    with contextlib.suppress(Exception):
+        folder, pid = _experiment_dir(experiment), manager_pid(experiment)
+        if folder is None or pid is None:
+            return None
+        path = folder / PROCESS_RECORD
+        old = read_record(path) if path.is_file() else {}
+        manager = psutil.Process(pid)
+        record = {"experiment": str(experiment.id), "port": getattr(experiment, "port", None),
+                  "manager": _identity(manager),
+                  "compare": _identity(psutil.Process(compare_pid)) if compare_pid else old.get("compare")}
+        if old.get("manager") != record["manager"]:
+            old = {}  # another start (a --resume): the earlier trials are not this manager's
+        trials = [t for t in old.get("trials", []) if _alive(t) is not None]
+        for child in manager.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if all(t["pid"] != child.pid for t in trials):
+                    trials.append(_identity(child))
+        record["trials"] = trials
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        return path
+    return None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is unreadable ({err}); stop the experiment with `nnictl stop`") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a process record; stop the experiment with `nnictl stop`")
+    return record
+
+
+def _record_path(experiment_id: str, experiments_dir: Optional[str | Path]) -> Path:
+    if experiments_dir is None:
+        entry = manifest_entry(experiment_id)
+        experiments_dir = (entry or {}).get("logDir") or Path.home() / "nni-experiments"
+    path = Path(str(experiments_dir)).expanduser() / experiment_id / PROCESS_RECORD
+    if not path.is_file():
+        raise ValueError(f"no processes of experiment {experiment_id!r} recorded at {path}: it was not started by "
+                         f"`sparsemask compare` here (`nnictl stop {experiment_id}` stops NNI's manager)")
+    return path
+
+
+def _rest_stop(port: Any) -> bool:
+    """Ask the manager on 127.0.0.1:``port`` to stop (it stops its trials and exits), as NNI's own stop does."""
+    if not isinstance(port, int):
+        return False
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/nni/experiment", method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return True
+    except Exception:
+        return False
+
+
+def _running(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _end(procs: list[Any], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds, to every process of ``procs`` still running."""
+    import psutil
+
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+
+
+def stop_recorded(experiment_id: str, experiments_dir: Optional[str | Path] = None, log: Log = print,
+                  grace: float = 60.0) -> int:
+    """Stop what ``sparsemask compare`` recorded for ``experiment_id``: first the ``compare`` process if it still
+    runs (SIGTERM: it stops its experiment itself and prints how to resume), then the manager (NNI's REST stop,
+    which ends its trials; SIGTERM / SIGKILL by pid when it does not exit) and every recorded or descendant process
+    still running. Only processes whose pid and start time match the record are signalled. Returns how many were
+    still running."""
+    import psutil
+
+    path = _record_path(experiment_id, experiments_dir)
+    record = read_record(path)
+    running = 0
+    compare_proc = _alive(record.get("compare"))
+    if compare_proc is not None and compare_proc.pid != os.getpid():
+        running += 1
+        log(f"[compare] stopping the compare process {compare_proc.pid} of experiment {experiment_id}")
+        _end([compare_proc], grace)
+    manager = _alive(record.get("manager"))
+    targets = [p for p in (_alive(t) for t in record.get("trials", [])) if p is not None]
+    if manager is not None:
+        with contextlib.suppress(psutil.Error):
+            targets += manager.children(recursive=True)
+    for proc in list(targets):
+        with contextlib.suppress(psutil.Error):
+            targets += proc.children(recursive=True)
+    targets = list({p.pid: p for p in targets if p.pid != os.getpid()}.values())
+    if manager is not None:
+        running += 1
+        log(f"[compare] stopping NNI's manager (pid {manager.pid}) of experiment {experiment_id}")
+        if _rest_stop(record.get("port")):
+            with contextlib.suppress(psutil.TimeoutExpired, psutil.Error):
+                manager.wait(timeout=min(grace, 30.0))
+        _end([manager], grace)
+    left = [p for p in targets if _running(p)]
+    if left:
+        running += len(left)
+        log(f"[compare] ending {len(left)} trial process(es) of experiment {experiment_id}: "
+            f"{', '.join(str(p.pid) for p in left)}")
+        _end(left, min(grace, 15.0))
+    with contextlib.suppress(Exception):
+        manifest_entry(experiment_id)  # NNI's experiment list marks the experiment STOPPED (its manager is gone)
+    return running

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -71,6 +72,8 @@ class DataConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.task not in ("segmentation", "saliency", "edges"):
             raise ValueError(f"unknown task {self.task!r}; use segmentation, saliency or edges")
+        if self.dataset == "digitscenes":
+            _check_scene_size("", self.image_size)
 
     @property
     def num_classes(self) -> int:
@@ -130,8 +133,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        _positive_number("train", "learning_rate", self.learning_rate)
+        _positive_number("train", "decoder_lr_mult", self.decoder_lr_mult)
+        _non_negative_number("train", "weight_decay", self.weight_decay)
 
 
 def checked_fields(cls, data: Any, where: str, noun: Optional[str] = None) -> dict[str, Any]:
@@ -158,8 +162,32 @@ def _positive_int(owner: str, name: str, value: Any) -> None:
 
 
 def _positive_number(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{owner} {name} must be a number > 0, got {value!r}")
+    """A finite number > 0 (``nan`` and ``inf`` learning rates would train nothing, silently)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"{owner} {name} must be a finite number > 0, got {value!r}")
+
+
+def _non_negative_number(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{owner} {name} must be a finite number >= 0, got {value!r}")
+
+
+def _fits_scenes(size: int) -> bool:
+    from nni_sparsemask.data.scenes import DigitScenesConfig
+    try:
+        DigitScenesConfig(image_size=size)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_scene_size(owner: str, size: int) -> None:
+    """``size`` is a side DigitScenes can draw: its digits (8x8) at the smallest digit scale stay >= 8 px."""
+    if not _fits_scenes(size):
+        smallest = next(s for s in range(1, 4097) if _fits_scenes(s))
+        from nni_sparsemask.data.scenes import DigitScenesConfig
+        raise ValueError(f"{owner}image_size must be >= {smallest} on DigitScenes (its smallest digits, "
+                         f"{DigitScenesConfig.digit_scale[0]} of the side, must be 8 px at least), got {size!r}")
 
 
 @dataclass(frozen=True)
@@ -238,10 +266,10 @@ class PretrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"pretrain {name} must be a positive int, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"pretrain lr must be > 0, got {self.lr!r}")
-        if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ValueError("pretrain warmup_epochs and weight_decay must be >= 0")
+        _check_scene_size("pretrain ", self.image_size)
+        _positive_number("pretrain", "lr", self.lr)
+        _non_negative_number("pretrain", "warmup_epochs", self.warmup_epochs)
+        _non_negative_number("pretrain", "weight_decay", self.weight_decay)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

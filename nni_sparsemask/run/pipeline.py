@@ -27,7 +27,7 @@ from nni_sparsemask.run.config import PRETRAINED, DataConfig, EvalConfig, ModelC
 from nni_sparsemask.run.rundir import RunDir
 from nni_sparsemask.seeding import EpochShuffle, seed_everything
 
-__all__ = ["make_loaders", "resolve_backbone_weights",
+__all__ = ["make_loaders", "check_inputs", "check_eval_device", "resolve_backbone_weights",
            "build_network", "train_network", "evaluate_network", "check_connectivity", "class_names",
            "history_callback", "default_device"]
 
@@ -64,6 +64,49 @@ def make_loaders(data: DataConfig) -> tuple[Any, Any]:
     order = nni.trace(EpochShuffle)(len(train_set), data.seed)  # the order depends on (seed, epoch) only
     return (DataLoader(train_set, batch_size=data.batch_size, sampler=order, drop_last=True, num_workers=2),
             DataLoader(val_set, batch_size=1, num_workers=2))
+
+
+def check_inputs(data: DataConfig, model: ModelConfig, decoder: Optional[str] = None) -> list[Any]:
+    """What the configs alone cannot tell, checked before a command writes anything: the VOC (and SBD) layout and
+    the files its splits list, the backbone with its weights file or torchvision weights (``pretrained`` is made
+    later, by ``sparsemask pretrain``), that ``decoder`` takes the backbone, and that a training batch of one image
+    can pass the backbone (batch norm in training needs more than one value per channel, so the deepest stage
+    must be larger than 1x1; larger batches take any size). Returns the backbone's ``feature_info``."""
+    if data.dataset == "voc":
+        from nni_sparsemask.data.voc import VOCSegmentation
+        VOCSegmentation(data.root, "train_aug" if data.sbd_root else "train", sbd_root=data.sbd_root)
+        VOCSegmentation(data.root, "val")
+    if decoder == "deeplabv3":
+        from nni_sparsemask.baselines.deeplab import SUPPORTED_BACKBONES
+        if model.backbone not in SUPPORTED_BACKBONES:
+            raise ValueError(f"DeepLabV3 supports backbone(s) {', '.join(SUPPORTED_BACKBONES)}, got {model.backbone!r}")
+    from nni_sparsemask.fdn.backbones import build_backbone
+    weights = None if model.backbone_weights in (None, PRETRAINED) else model.backbone_weights
+    info = build_backbone(model.backbone, weights=weights, **model.backbone_kwargs).feature_info
+    stride = max(f.reduction for f in info)
+    if data.batch_size == 1 and data.image_size <= stride:
+        raise ValueError(f"image_size must be > {stride} with batch size 1 (backbone {model.backbone} reduces "
+                         f"{stride}x: its deepest stage would be 1x1, where training batch norm has one value per "
+                         f"channel), got {data.image_size}; raise --image-size or --batch-size")
+    return info
+
+
+def check_eval_device(device: Optional[str]) -> None:
+    """``device`` (None: :func:`default_device`) is a device of this machine."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError("no CUDA device here; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"no CUDA device {dev.index} here ({count} device(s): cuda:0..cuda:{count - 1})")
+    elif dev.type != "cpu":
+        raise ValueError(f"unknown device {device!r}; use cpu or cuda (cuda:N)")
 
 
 # ------------------------------------------------------------------------------------------------ network

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # annotations only: reading the registry (the CLI's --help) i
 
 __all__ = ["Registry", "Param", "DecoderEntry", "StrategyEntry", "ConnectivitySampler", "DECODERS", "STRATEGIES",
            "decoder_connectivity", "build_decoder", "validate_strategy_args", "build_strategy",
-           "available_decoders", "available_strategies"]
+           "available_decoders", "available_strategies", "check_strategy_space"]
 
 T = TypeVar("T")
 
@@ -36,8 +36,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Name -> entry; ``register`` refuses duplicates, ``get`` refuses unknown names (listing the known ones)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, plural: str | None = None):
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T) -> T:
@@ -50,7 +51,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            raise ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+            raise ValueError(f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.names())}")
         return self._entries[name]
 
     def names(self) -> list[str]:
@@ -229,7 +230,7 @@ _DENSITY = Param(float, 0.5, "probability that an edge is on", low=0.0, high=1.0
 
 
 def _strategies() -> Registry[StrategyEntry]:
-    reg: Registry[StrategyEntry] = Registry("strategy")
+    reg: Registry[StrategyEntry] = Registry("strategy", "strategies")
     reg.register("sparsemask", StrategyEntry(
         "sparsemask", "oneshot", "SparseMask: sparse loss of Eq. 2, prune at sigma", _sparsemask,
         {"lambda_sparse": Param(float, SparseMaskConfig.lambda_sparse, "lambda of Eq. 3", low=0.0), "threshold": _THRESHOLD, "seed": _SEED}))
@@ -239,7 +240,7 @@ def _strategies() -> Registry[StrategyEntry]:
          "seed": _SEED}))
     reg.register("maskconnect", StrategyEntry(
         "maskconnect", "oneshot", "MaskConnect: exactly k inputs per stage (Fig. 4; k = 2..5)", _maskconnect,
-        {"k": Param(int, 2, "inputs per decoder stage", low=1), "seed": _SEED}))
+        {"k": Param(int, 2, "inputs per decoder stage (Fig. 4: 2..5)", low=2, high=5), "seed": _SEED}))
     reg.register("random", StrategyEntry(
         "random", "sampler", "Rand: every edge on with probability density",
         lambda **kw: ConnectivitySampler("random", **kw),
@@ -281,6 +282,20 @@ def validate_strategy_args(name: str, args: dict[str, Any] | None = None, fill_d
         for arg, spec in entry.params.items():
             out.setdefault(arg, spec.default)
     return out
+
+
+def check_strategy_space(name: str, params: dict[str, Any], num_stages: int) -> None:
+    """Refuse strategy arguments that make no search of an FDN space with ``num_stages`` decoder stages:
+    MaskConnect's ``k`` must be below the candidates of the largest choice (``D1``: ``2 * num_stages``), or every
+    stage keeps every input and the "search" is the dense FDN."""
+    from nni_sparsemask.fdn.connectivity import candidate_names
+
+    if name == "maskconnect":
+        k, most = params.get("k"), len(candidate_names(1, num_stages))
+        if isinstance(k, int) and k >= most:
+            raise ValueError(f"maskconnect k={k} keeps every input of every stage of this {num_stages}-stage space "
+                             f"(its largest stage, D1, has {most} candidates): that is the dense FDN, not a search; "
+                             f"use --k < {most}")
 
 
 def build_strategy(name: str, args: dict[str, Any] | None = None, **options: Any) -> Any:

@@ -180,17 +180,21 @@ class RunDir:
     process release it as well).
     """
 
-    def __init__(self, path: str | Path, config: dict[str, Any], overwrite: bool = False, resume: bool = False):
+    def __init__(self, path: str | Path, config: dict[str, Any], overwrite: bool = False, resume: bool = False,
+                 resumable: bool = True):
+        """``resumable``: the command has ``--resume`` (the refusal of an existing directory suggests it)."""
         if overwrite and resume:
             raise ValueError("--overwrite and --resume exclude each other: pick one")
         self.path = Path(path)
         self.config = config
         self.resumed = False
+        self._hint = "pass --resume to continue it or --overwrite to replace it" if resumable else \
+            "pass --overwrite to replace it"
         if self.path.exists() and not self.path.is_dir():
             raise FileExistsError(f"{self.path} exists and is not a directory; choose another --out")
         if self._non_empty() and not (resume or overwrite):
             raise FileExistsError(
-                f"run directory {self.path} already exists; pass --resume to continue it or --overwrite to replace it"
+                f"run directory {self.path} already exists; {self._hint}"
             )
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_key = _acquire(self.path)
@@ -244,7 +248,7 @@ class RunDir:
                     os.close(fd)
         elif non_empty:
             raise FileExistsError(
-                f"run directory {self.path} already exists; pass --resume to continue it or --overwrite to replace it"
+                f"run directory {self.path} already exists; {self._hint}"
             )
         if not self.resumed:
             write_json_atomic(self.path / "config.json", config)

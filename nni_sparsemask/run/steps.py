@@ -23,8 +23,9 @@ from typing import Any, Callable, Optional
 
 from nni_sparsemask.fdn.connectivity import Connectivity
 from nni_sparsemask.run.config import DataConfig, EvalConfig, ModelConfig, SearchConfig, TrainConfig, config_from_dict
-from nni_sparsemask.run.pipeline import (build_network, check_connectivity, evaluate_network, load_weights,
-                                         make_loaders, resolve_backbone_weights, save_weights, train_network)
+from nni_sparsemask.run.pipeline import (build_network, check_connectivity, check_eval_device, check_inputs,
+                                         evaluate_network, load_weights, make_loaders, resolve_backbone_weights,
+                                         save_weights, train_network)
 from nni_sparsemask.run.rundir import RunDir, read_json
 from nni_sparsemask.seeding import seed_everything
 
@@ -55,11 +56,12 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
                arc_learning_rate: float = SearchConfig.arc_learning_rate, overwrite: bool = False, resume: bool = False,
                progress: bool = True, accelerator: str = "auto", log: Log = print) -> dict[str, Any]:
     """Search a decoder of the FDN space with ``strategy`` (see ``baselines.STRATEGIES``) on ``data``."""
-    from nni_sparsemask.run.registry import STRATEGIES, validate_strategy_args
+    from nni_sparsemask.run.registry import STRATEGIES, check_strategy_space, validate_strategy_args
 
     entry = STRATEGIES.get(strategy)
     params = validate_strategy_args(strategy, strategy_args)
     schedule = SearchConfig(epochs=epochs, learning_rate=learning_rate, arc_learning_rate=arc_learning_rate)
+    check_strategy_space(strategy, params, len(check_inputs(data, model)))  # all checked before the run dir
     config = _base_config("search", strategy, params, int(params.get("seed", 0)), data, model)
     if entry.kind == "oneshot":
         config["search"] = dataclasses.asdict(schedule)
@@ -150,7 +152,7 @@ def run_prune(search_dir: str | Path, out: str | Path, threshold: float, *, over
     src = read_json(search_dir / "config.json", "config.json of the search")
     config = dict(src, command="prune", source=str(search_dir), params=dict(src.get("params") or {},
                   threshold=threshold))
-    run = RunDir(out, config, overwrite=overwrite)
+    run = RunDir(out, config, overwrite=overwrite, resumable=False)
     conn = full.prune(threshold)
     conn.meta = dict(conn.meta, params=config["params"])
     conn.to_json(run.file("connectivity.json"), overwrite=True)
@@ -192,6 +194,8 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
         DECODERS.get(decoder)  # unknown name -> clear error before anything is written
         conn, extra = None, {}
         method, params = method or decoder, dict(params or {})
+    EvalConfig(fps_size=fps_size, fps_batch=fps_batch, fps_seconds=fps_seconds)  # checked before training
+    check_inputs(data, model, decoder)
     config = _base_config("retrain", method, params, train.seed, data, model)
     config.update(train=dataclasses.asdict(train), decoder=decoder,
                   connectivity=str(connectivity) if connectivity is not None else None,
@@ -264,6 +268,8 @@ def run_evaluate(run_dir: str | Path, *, fps_size: int = EvalConfig.fps_size, fp
     target = run_dir / "evaluate.json"
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+    EvalConfig(fps_size=fps_size, fps_batch=fps_batch)
+    check_eval_device(device)
     net, data, _ = load_run_network(run_dir)
     scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, device=device, progress=progress)
     from nni_sparsemask.run.rundir import write_json_atomic
