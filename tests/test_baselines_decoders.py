@@ -180,7 +180,7 @@ def test_strategy_arguments_are_validated():
         validate_strategy_args("random", {"foo": 1})
     with pytest.raises(ValueError, match="'k' of strategy 'maskconnect' must be an integer"):
         validate_strategy_args("maskconnect", {"k": 2.5})
-    with pytest.raises(ValueError, match=r"'k' of strategy 'maskconnect' must be in \[1, inf\), got 0"):
+    with pytest.raises(ValueError, match=r"'k' of strategy 'maskconnect' must be in \[2, 5\], got 0"):
         validate_strategy_args("maskconnect", {"k": 0})
     with pytest.raises(ValueError, match=r"'density'.*must be in \(0.0, 1.0\], got 1.5"):
         validate_strategy_args("random", {"density": 1.5})

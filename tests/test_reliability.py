@@ -247,3 +247,13 @@ def test_lightning_turning_ctrl_c_into_exit_1_is_still_an_interrupt(tmp_path, ca
     assert main(["search", "--out", str(tmp_path / "s")] + TINY_MODEL + TINY_DATA) == 130
     assert capsys.readouterr().err == "sparsemask search: interrupted; continue with --resume\n"
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("argv", [["--image-size", "7"], ["--arc-lr", "inf"]])
+def test_demo_checks_its_settings_before_writing(tmp_path, argv, capsys):
+    from nni_sparsemask.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *argv]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not out.exists()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nni_sparsemask.nas.config import SparseMaskConfig
-from nni_sparsemask.run.config import DataConfig, ModelConfig, PretrainConfig, TrainConfig
+from nni_sparsemask.run.config import DataConfig, ModelConfig, PretrainConfig, SearchConfig, TrainConfig
 from nni_sparsemask.run.rundir import RunDir
 
 __all__ = ["DemoConfig", "run_demo", "demo_table"]
@@ -203,11 +203,13 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     from nni_sparsemask.run.steps import run_retrain, run_search
 
     cfg = cfg or DemoConfig()
-    run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume)
+    # every config is built (and so checked) before the run directory is written
     data = DataConfig(image_size=cfg.image_size, train_scenes=cfg.train_scenes, val_scenes=cfg.val_scenes,
                       seed=cfg.seed)
     model = ModelConfig(decoder_channels=cfg.decoder_channels)
     train = TrainConfig(epochs=cfg.retrain_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed)
+    SearchConfig(epochs=cfg.search_epochs, learning_rate=cfg.learning_rate, arc_learning_rate=cfg.arc_learning_rate)
+    run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume)
     step = _Steps(log)
     common = dict(resume=resume, progress=progress, log=log, accelerator=accelerator)
     weights = step("pretrain", lambda: resolve_backbone_weights(
