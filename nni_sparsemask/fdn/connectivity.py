@@ -11,6 +11,9 @@ The head reads the ``output`` stage (``D1`` unless duplicate merging moved it).
 Pruning (section 3.3): drop edges with w < sigma; repeatedly drop stages without inputs and stages whose output no
 live stage (nor the head) reads; merge exact duplicates (two stages of the same resolution with the same input
 set, as the paper's code does). JSON files carry a schema version and are validated on load.
+
+:meth:`Connectivity.from_official_mask` reads the paper's published search result (a bool ``.npy`` array of shape
+``(L, L, 2)``) and :func:`convert_official_mask` writes it as ``connectivity.json``.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Any, Iterable
 
 from nni_sparsemask.fdn.backbones import FeatureInfo
 
-__all__ = ["Edge", "Connectivity", "SCHEMA_VERSION", "candidate_names"]
+__all__ = ["Edge", "Connectivity", "SCHEMA_VERSION", "candidate_names", "convert_official_mask"]
 
 SCHEMA_VERSION = 1
 
@@ -174,6 +177,62 @@ class Connectivity:
             edges += [Edge(label, s, float(w)) for s, w in zip(names, ws)]
         return cls(backbone, feature_info, edges, history=history, **kwargs)
 
+    @classmethod
+    def from_official_mask(cls, path_or_array: Any, backbone: str = "mobilenet_v2",
+                           backbone_kwargs: dict[str, Any] | None = None,
+                           feature_info: Iterable[FeatureInfo] | None = None) -> "Connectivity":
+        """The connectivity of the official code's mask: a bool array ``(L, L, 2)`` (or the ``.npy`` file of one).
+
+        Decoder index ``i`` (0 = deepest) is ``D_{L-i}``. ``mask[i, j, 0]``: it reads encoder map ``j`` counted from
+        the deepest, ``E_{L-j}``; ``mask[i, j, 1]``: for ``j = 0`` the global pool ``G``, else the output of
+        decoder index ``j-1``, ``D_{L-j+1}``. Every entry with ``j > i`` is an edge the FDN cannot have. The
+        result is pruned of dead and duplicate stages (``prune(threshold=None)``); every edge has weight 1.
+        """
+        import numpy as np
+
+        where = "official mask"
+        if isinstance(path_or_array, (str, Path)):
+            path = Path(path_or_array)
+            if not path.is_file():
+                raise FileNotFoundError(f"official mask file not found: {path}")
+            where = str(path)
+            try:
+                path_or_array = np.load(path, allow_pickle=False) if path.suffix == ".npy" else None
+            except (ValueError, OSError, EOFError):
+                path_or_array = None
+            if not isinstance(path_or_array, np.ndarray):
+                raise ValueError(f"{where} is not a .npy array file (numpy.save's format) holding the mask")
+        mask = np.asarray(path_or_array)
+        if feature_info is None:
+            from nni_sparsemask.fdn.backbones import build_backbone
+
+            feature_info = build_backbone(backbone, **dict(backbone_kwargs or {})).feature_info
+        info = list(feature_info)
+        L = len(info)
+        if mask.shape != (L, L, 2):
+            raise ValueError(f"{where}: shape {mask.shape}, but backbone {backbone!r} has {L} stages: expected "
+                             f"({L}, {L}, 2) (decoder stage, input counted from the deepest, encoder/decoder)")
+        if mask.dtype != bool:
+            if mask.dtype.kind not in "iuf" or not np.isin(mask, (0, 1)).all():
+                raise ValueError(f"{where}: expected a bool (or 0/1) array, got dtype {mask.dtype} with values "
+                                 f"{np.unique(mask)[:5].tolist()}")
+            mask = mask.astype(bool)
+        edges = []
+        for i, j, k in zip(*np.nonzero(mask)):
+            target = f"D{L - i}"
+            source = f"E{L - j}" if k == 0 else ("G" if j == 0 else f"D{L - j + 1}")
+            if j > i:
+                what = "a shallower encoder map" if k == 0 else "a shallower decoder stage"
+                raise ValueError(f"{where}: mask[{i}, {j}, {k}] is set: {target} would read {source}, {what}; the "
+                                 f"FDN lets {target} read only {', '.join(candidate_names(L - i, L))}")
+            edges.append(Edge(target, source))
+        meta = {"imported_from": "official SparseMask mask", "mask_file": where}
+        try:
+            return cls(backbone, info, edges, backbone_kwargs=dict(backbone_kwargs or {}),
+                       meta=meta).prune(threshold=None)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
     # ------------------------------------------------------------------------------------------- pruning
     def prune(self, threshold: float | None = 1e-3, merge_duplicates: bool = True) -> "Connectivity":
         """Section 3.3: drop edges with w < threshold, then stages without inputs or outputs, then duplicates.
@@ -305,6 +364,18 @@ class Connectivity:
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: corrupt JSON ({err}); re-run prune or search to write it again") from None
         return cls.from_dict(data, where)
+
+
+def convert_official_mask(path: str | Path, out: str | Path, backbone: str = "mobilenet_v2",
+                          overwrite: bool = False, backbone_kwargs: dict[str, Any] | None = None) -> Connectivity:
+    """``sparsemask convert``: read the official mask ``path`` and write ``out`` (refused if it exists unless
+    ``overwrite``); returns the connectivity."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    conn = Connectivity.from_official_mask(path, backbone, backbone_kwargs)
+    conn.to_json(out, overwrite=overwrite)
+    return conn
 
 
 def _drop_dead_stages(edges: list[Edge], output: str) -> list[Edge]:
