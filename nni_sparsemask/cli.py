@@ -320,9 +320,28 @@ def _add_report_command(sub: Any) -> None:
     p.set_defaults(func=_report)
 
 
+def _convert(args) -> int:
+    from nni_sparsemask.fdn.connectivity import convert_official_mask
+
+    conn = convert_official_mask(args.mask, args.out, backbone=args.backbone, overwrite=args.overwrite)
+    print(f"[convert] {args.mask} -> {args.out}: {conn.num_edges} edges")
+    for stage in conn.stages():
+        print(f"  {stage} <- {', '.join(conn.inputs(stage))}")
+    return 0
+
+
+def _add_convert_command(sub: Any) -> None:
+    p = _command(sub, "convert", "import a mask of the official SparseMask code (.npy) as a connectivity.json")
+    p.add_argument("mask", help="bool array (L, L, 2) saved by the official code, e.g. mask_thres_0.001.npy")
+    p.add_argument("--out", required=True, help="connectivity.json to write")
+    p.add_argument("--backbone", default="mobilenet_v2", help="the backbone the mask was searched on")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_convert)
+
+
 #: the subcommands in the order ``--help`` lists them (``compare`` is added by the comparison layer)
 _COMMANDS = (_add_pretrain_command, _add_search_command, _add_prune_command, _add_retrain_command,
-             _add_evaluate_command, _add_demo_command, _add_report_command)
+             _add_evaluate_command, _add_demo_command, _add_report_command, _add_convert_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

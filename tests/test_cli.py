@@ -104,3 +104,18 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     # --resume of a finished demo reuses every step
     assert main(argv + ["--resume"]) == 0
     assert json.loads((out / "demo.json").read_text())["rows"][0]["miou"] == summary["rows"][0]["miou"]
+
+
+def test_convert_imports_the_official_mask(tmp_path, capsys):
+    from pathlib import Path
+
+    from nni_sparsemask.fdn.connectivity import Connectivity
+
+    mask = Path(__file__).parent / "data" / "mask_thres_0.001.npy"
+    out = tmp_path / "paper.json"
+    assert main(["convert", str(mask), "--out", str(out)]) == 0
+    assert "D1 <- E1, E6, E7, E8, E9, D6, D7, D8, G" in capsys.readouterr().out
+    assert Connectivity.from_json(out).num_edges == 15
+    before = out.read_bytes()
+    assert main(["convert", str(mask), "--out", str(out)]) == 2  # never overwritten silently
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == before
