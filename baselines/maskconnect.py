@@ -196,6 +196,9 @@ class MaskConnectConfig(SparseMaskConfig):
         _check_k(self.k)
         if self.loss != "task" or self.lambda_sparse != 0:
             raise ValueError("MaskConnect trains with the task loss only (loss='task', lambda_sparse=0)")
+        if self.arc_noise != 0:
+            raise ValueError("MaskConnect's training forward uses a sampled binary selection, not w: arc_noise must "
+                             f"be 0, got {self.arc_noise!r}")
 
 
 class MaskConnect(SparseMask):
@@ -210,7 +213,8 @@ class MaskConnect(SparseMask):
     k: inputs per decoder stage (2..5 in Fig. 4); stages with fewer candidates keep all.
     grad_to_unselected: see :class:`MaskConnectInput`.
     arc_learning_rate, arc_optimizer, optimization, seed, warmup_epochs, run_dir, ...: as for :class:`SparseMask`
-        (``lambda_sparse``, ``loss`` and ``threshold`` are fixed: no regulariser, top-k export).
+        (``lambda_sparse``, ``loss`` and ``threshold`` are fixed: no regulariser, top-k export; ``arc_noise`` is 0:
+        the mask never enters a forward as a value).
     """
 
     def __init__(self, k: int = 2, *, grad_to_unselected: bool = True, **kwargs: Any):
@@ -219,6 +223,7 @@ class MaskConnect(SparseMask):
                 raise ValueError(f"MaskConnect does not take {fixed!r}: it trains with the task loss only and "
                                  "keeps the top-k inputs of each choice")
         _check_k(k)
+        kwargs.setdefault("arc_noise", 0.0)
         super().__init__(lambda_sparse=0.0, loss="task", undecided_warn_fraction=1.0, **kwargs)
         self.config = MaskConnectConfig(**dataclasses.asdict(self.config), k=k,
                                         grad_to_unselected=bool(grad_to_unselected))

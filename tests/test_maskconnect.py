@@ -195,6 +195,12 @@ def test_strategy_keeps_sparsemask_machinery():
     assert "k=3" in repr(s)
 
 
+def test_maskconnect_takes_no_noise_on_its_mask():
+    assert MaskConnect().config.arc_noise == 0.0  # SparseMask's default noise does not apply to a sampled selection
+    with pytest.raises(ValueError, match="arc_noise must be 0"):
+        MaskConnect(arc_noise=0.05)
+
+
 # ---- under NasExperiment -------------------------------------------------------------------------------------
 def toy_data(n, seed):
     g = torch.Generator().manual_seed(seed)

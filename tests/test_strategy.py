@@ -17,6 +17,7 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 
+from nni_sparsemask.nas.recipe import ARCH_GROUP
 from nni_sparsemask.nas.searchdir import CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE
 from nni_sparsemask.nas.strategy import SparseMask, SparseMaskLightningModule, binarization_report
 from nni_sparsemask.nas.supermodule import SparseMixedInput
@@ -109,7 +110,7 @@ def search(space=None, epochs=8, n_train=2048, callbacks=None, **kwargs):
     ({"threshold": -1e-3}, r"threshold"),
     ({"loss": "focal"}, "'focal'.*sparsemask, binary, sparse, task, l1"),
     ({"optimization": "alternate"}, "'alternate'.*joint, bilevel"),
-    ({"arc_optimizer": "rmsprop"}, "'rmsprop'.*adam, sgd"),
+    ({"arc_optimizer": "rmsprop"}, "'rmsprop'.*shared, adam, sgd"),
     ({"alpha": 1.5}, "alpha"),
     ({"other_choices": "ignore"}, "'ignore'.*darts, error"),
 ])
@@ -198,9 +199,22 @@ def test_sparsemask_keeps_the_informative_branches_and_drops_the_noise():
     history = strategy.history()
     assert len(history) == 8 and list(history[-1]) == ["branches"] and history[-1]["branches"] == w
     assert history[0]["branches"] != w  # w moved during the search
-    # the optimisers: network weights and w in disjoint groups, w only in the architecture optimiser
+    # the optimiser (default arc_optimizer='shared'): the evaluator's one optimiser, w alone in its own group
     module = strategy.oneshot_module
     assert isinstance(module, SparseMaskLightningModule)
+    (opt,) = module.trainer.optimizers
+    arch_group = [g for g in opt.param_groups if g.get("name") == ARCH_GROUP]
+    arch_ids = {id(p) for g in arch_group for p in g["params"]}
+    weight_ids = {id(p) for g in opt.param_groups if g not in arch_group for p in g["params"]}
+    w_param = next(m for m in strategy.supernet.modules() if isinstance(m, SparseMixedInput)).arch_weights
+    assert arch_ids == {id(w_param)}
+    assert not arch_ids & weight_ids
+    assert arch_ids | weight_ids == {id(p) for p in strategy.supernet.parameters()}
+
+
+def test_separate_w_optimiser_keeps_the_groups_disjoint():
+    _, strategy = search(epochs=1, n_train=64, arc_optimizer="adam")
+    module = strategy.oneshot_module
     arch_opt = module.architecture_optimizers().optimizer
     weight_opts = [o for o in module.trainer.optimizers if o is not arch_opt]
     arch_ids = {id(p) for g in arch_opt.param_groups for p in g["params"]}
@@ -219,7 +233,7 @@ def test_the_loss_matters_task_only_does_not_binarise():
 
 
 def test_bilevel_finds_the_informative_branches():
-    _, strategy = search(epochs=8, optimization="bilevel")
+    _, strategy = search(epochs=8, optimization="bilevel", arc_optimizer="adam")  # needs w's own optimiser
     w = strategy.weights()["branches"]
     assert all(w[t] > 0.9 for t in INFORMATIVE)
     assert max(w[t] for t in range(6) if t not in INFORMATIVE) < 0.1
@@ -258,7 +272,7 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path):
         search(epochs=4, n_train=512, run_dir=tmp_path / "cut", callbacks=[StopAt(2)])
     assert (tmp_path / "cut" / CHECKPOINT_FILE).exists() and not (tmp_path / "cut" / RESULT_FILE).exists()
     ckpt = torch.load(tmp_path / "cut" / CHECKPOINT_FILE, weights_only=False)
-    assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["sparsemask"]["history"]) == 2
+    assert len(ckpt["optimizer_states"]) == 1 and len(ckpt["sparsemask"]["history"]) == 2  # w's group is in it
     assert any(k.endswith("_arch_w") for k in ckpt["state_dict"])
     _, resumed = search(epochs=4, n_train=512, run_dir=tmp_path / "cut")
     assert resumed.history() == full.history()

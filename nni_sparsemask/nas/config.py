@@ -3,23 +3,51 @@
 The strategy validates them once when it is built, saves them (``dataclasses.asdict``) to its run directory
 (:mod:`.searchdir`) so that a resume with other settings is refused, and stores them in its checkpoints and
 result file. The allowed names of the string settings are the constants below.
+
+The defaults follow the search recipe of the official SparseMask code (the paper does not state it), on this
+package's [0, 1] scale of w (the official code keeps w in [0, 2] and divides by 2 in the loss):
+
+* w starts at 0.5; every *training* forward uses ``clamp(w + N(0, arc_noise^2), 0, 1)`` with ``arc_noise=0.05``
+  (noise injection); evaluation forwards use w itself;
+* one optimizer trains everything (``arc_optimizer='shared'``): w is one more parameter group of the evaluator's
+  own optimizer, at the decoder group's learning rate (10x the backbone's), with that optimizer's momentum and
+  learning-rate schedule, and weight decay ``arc_weight_decay=4e-5``; w is clamped into [0, 1] after every step;
+* lambda 0.01, alpha_l = min(2 / |T_l|, 0.5), prune at sigma = 1e-3.
+
+Two parts of the official recipe are switches, off by default because the ablation of
+``benchmarks/search_recipe.py`` (``benchmarks/RESULTS.md``: a toy space, 3 evaluators x 8 seeds) measured them
+not helping: ``noisy_penalty=True`` computes the sparse loss on the forward's noisy w, as the official code does
+(with it 8 of 24 searches kept a noise input at a small w above sigma, without it none), and ``freeze_bn=True``
+nearly freezes the BatchNorm layers of the searched model (running statistics at momentum ``bn_momentum=3e-4``,
+affine parameters not trained: 24 of 24 right either way, and stale running statistics in evaluation).
+
+Settings added after the first release are missing from old run directories; :data:`LEGACY_VALUES` gives the
+value that reproduces what those searches did, and :meth:`SparseMaskConfig.from_dict` reads such a record.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from nni_sparsemask.nas.losses import DEFAULT_EPS, LOSSES
 
-__all__ = ["SparseMaskConfig", "LOSSES", "OPTIMIZATIONS", "ARC_OPTIMIZERS", "OTHER_CHOICES"]
+__all__ = ["SparseMaskConfig", "LOSSES", "OPTIMIZATIONS", "ARC_OPTIMIZERS", "OTHER_CHOICES", "LEGACY_VALUES"]
 
 #: ``optimization``: one backward of L for weights and w together (the paper), or DARTS-style alternation
 OPTIMIZATIONS = ("joint", "bilevel")
-#: ``arc_optimizer``: the optimizer of w
-ARC_OPTIMIZERS = ("adam", "sgd")
+#: ``arc_optimizer``: ``'shared'`` puts w into the evaluator's optimizer (the official recipe); ``'adam'`` and
+#: ``'sgd'`` give w an optimizer of its own
+ARC_OPTIMIZERS = ("shared", "adam", "sgd")
 #: ``other_choices``: what happens to mutables other than ``InputChoice(n_chosen=None)``
 OTHER_CHOICES = ("darts", "error")
 # ``loss`` takes one of ``LOSSES`` (defined with the losses in :mod:`.losses`, re-exported here)
+
+#: the value of each setting that did not exist in the first release, as those searches behaved (no noise,
+#: BN trained as the evaluator says); a record without the setting is read with this value
+LEGACY_VALUES: dict[str, Any] = {"arc_noise": 0.0, "noisy_penalty": False, "freeze_bn": False, "bn_momentum": 3e-4,
+                                 "arc_lr_mult": 10.0}
 
 
 @dataclass
@@ -30,10 +58,15 @@ class SparseMaskConfig:
     threshold: float = 1e-3
     loss: str = "sparsemask"
     optimization: str = "joint"
-    arc_learning_rate: float = 3e-3
-    arc_optimizer: str = "adam"
+    arc_learning_rate: float | None = None
+    arc_optimizer: str = "shared"
+    arc_lr_mult: float = 10.0
     arc_momentum: float = 0.9
-    arc_weight_decay: float = 0.0
+    arc_weight_decay: float = 4e-5
+    arc_noise: float = 0.05
+    noisy_penalty: bool = False
+    freeze_bn: bool = False
+    bn_momentum: float = 3e-4
     alpha: float | None = None
     init: float = 0.5
     init_noise: float = 1e-2
@@ -44,6 +77,18 @@ class SparseMaskConfig:
     other_choices: str = "darts"
     undecided_warn_fraction: float = 0.25
     log_every_n_steps: int = 10
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "SparseMaskConfig":
+        """The config saved as ``record`` (``dataclasses.asdict``), also by an older release: a setting it lacks
+        takes its :data:`LEGACY_VALUES` value (what that search did). Unknown keys are a ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} settings {', '.join(unknown)}")
+        values = {k: v for k, v in LEGACY_VALUES.items() if k in names}
+        values.update(record)
+        return cls(**values)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting found out of range."""
@@ -65,11 +110,15 @@ class SparseMaskConfig:
             raise ValueError(f"unknown arc_optimizer {self.arc_optimizer!r}; allowed: {', '.join(ARC_OPTIMIZERS)}")
         if self.other_choices not in OTHER_CHOICES:
             raise ValueError(f"unknown other_choices {self.other_choices!r}; allowed: {', '.join(OTHER_CHOICES)}")
-        if _num("arc_learning_rate") <= 0:
-            raise ValueError(f"arc_learning_rate must be > 0, got {self.arc_learning_rate!r}")
-        if _num("arc_weight_decay") < 0 or not 0.0 <= _num("arc_momentum") < 1.0:
-            raise ValueError("arc_weight_decay must be >= 0 and arc_momentum in [0, 1), got "
-                             f"{self.arc_weight_decay!r} and {self.arc_momentum!r}")
+        self._validate_arc_optimizer(_num)
+        if not 0.0 <= _num("arc_noise") < 0.5:
+            raise ValueError(f"arc_noise (std of the noise on w in training forwards) must be in [0, 0.5), e.g. 0.05 "
+                             f"(the official recipe) or 0 (off); got {self.arc_noise!r}")
+        for flag in ("noisy_penalty", "freeze_bn"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if not 0.0 <= _num("bn_momentum") <= 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1] (0 freezes the running statistics), got {self.bn_momentum!r}")
         if self.alpha is not None and not 0.0 < _num("alpha") < 1.0:
             raise ValueError(f"alpha must be None (the rule min(2/|T_l|, 0.5)) or in (0, 1), got {self.alpha!r}")
         if not 0.0 <= _num("init") <= 1.0 or _num("init_noise") < 0:
@@ -86,3 +135,20 @@ class SparseMaskConfig:
             raise ValueError(f"undecided_warn_fraction must be in [0, 1], got {self.undecided_warn_fraction!r}")
         if not isinstance(self.log_every_n_steps, int) or self.log_every_n_steps < 1:
             raise ValueError(f"log_every_n_steps must be an integer >= 1, got {self.log_every_n_steps!r}")
+
+    def _validate_arc_optimizer(self, _num) -> None:
+        if self.arc_learning_rate is None:
+            if self.arc_optimizer != "shared":
+                raise ValueError(f"arc_optimizer={self.arc_optimizer!r} needs arc_learning_rate (e.g. 0.02); only "
+                                 "'shared' takes it from the evaluator's optimizer")
+        elif _num("arc_learning_rate") <= 0:
+            raise ValueError(f"arc_learning_rate must be None or > 0, got {self.arc_learning_rate!r}")
+        if _num("arc_lr_mult") <= 0:
+            raise ValueError(f"arc_lr_mult must be > 0, got {self.arc_lr_mult!r}")
+        if _num("arc_weight_decay") < 0 or not 0.0 <= _num("arc_momentum") < 1.0:
+            raise ValueError("arc_weight_decay must be >= 0 and arc_momentum in [0, 1), got "
+                             f"{self.arc_weight_decay!r} and {self.arc_momentum!r}")
+        if self.arc_optimizer == "shared" and self.optimization == "bilevel":
+            raise ValueError("optimization='bilevel' steps w on validation batches and the network on training "
+                             "batches, so w needs an optimizer of its own: arc_optimizer='adam' or 'sgd' (with "
+                             "arc_learning_rate), not 'shared'")

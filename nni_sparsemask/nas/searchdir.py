@@ -5,6 +5,8 @@ What is written, and why
 * ``sparsemask_strategy.json`` (:data:`CONFIG_FILE`): the config and a fingerprint of the search space (labels,
   mutable types, numbers of candidates), written when the first search on the directory starts. A later search
   on the same directory must match it, otherwise ``ValueError``: a resume never continues with other settings.
+  A setting missing from the file (written before the setting existed) counts as its legacy value, what that
+  search did (``SparseMaskConfig``'s ``LEGACY_VALUES``); :func:`recorded_config` reads the file back.
 * ``checkpoints/search-last.ckpt`` (:data:`CHECKPOINT_FILE`): the Lightning checkpoint written (atomically) after
   every training epoch: network weights, w, optimizer/scheduler states, loop state and, under
   :data:`CHECKPOINT_KEY`, the w history and the config. A search started again on the directory, in any process,
@@ -38,7 +40,7 @@ from typing import Any
 from nni_sparsemask.checkpoint_files import load_checkpoint
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_FILE", "RESULT_FILE", "CHECKPOINT_KEY", "space_fingerprint", "prepare",
-           "save_checkpoint", "put_state", "load_history", "resume_epoch", "write_result"]
+           "recorded_config", "save_checkpoint", "put_state", "load_history", "resume_epoch", "write_result"]
 
 CONFIG_FILE = "sparsemask_strategy.json"
 CHECKPOINT_FILE = os.path.join("checkpoints", "search-last.ckpt")
@@ -57,11 +59,18 @@ def space_fingerprint(model: Any) -> dict[str, Any]:
     return {"space": type(model).__name__, "labels": labels}
 
 
-def prepare(run_dir: Path, config: dict[str, Any], model: Any) -> Path | None:
+def recorded_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The config saved in ``run_dir``'s :data:`CONFIG_FILE` as written (``None`` when there is none)."""
+    path = Path(run_dir) / CONFIG_FILE
+    return json.loads(path.read_text())["config"] if path.exists() else None
+
+
+def prepare(run_dir: Path, config: dict[str, Any], model: Any, legacy: dict[str, Any] | None = None) -> Path | None:
     """Check ``run_dir`` before a search; return the checkpoint to resume from, or ``None`` to start afresh.
 
     Refuses a finished search (``FileExistsError``) and a directory written with another config or space
-    (``ValueError``, naming the differences); writes :data:`CONFIG_FILE` on the first search.
+    (``ValueError``, naming the differences); writes :data:`CONFIG_FILE` on the first search. A setting absent
+    from the saved config is compared with its ``legacy`` value (absent from ``legacy`` too: ``None``).
     """
     if (run_dir / RESULT_FILE).exists():
         raise FileExistsError(f"{run_dir} holds a finished SparseMask search ({RESULT_FILE}); its results are "
@@ -73,13 +82,19 @@ def prepare(run_dir: Path, config: dict[str, Any], model: Any) -> Path | None:
         cfg_path.write_text(json.dumps(record, indent=2, sort_keys=True))
         return None
     old = json.loads(cfg_path.read_text())
-    diffs = [f"{k}: {old['config'].get(k)!r} there, {v!r} here"
-             for k, v in record["config"].items() if old.get("config", {}).get(k) != v]
+    saved, legacy = old.get("config", {}), legacy or {}
+    diffs = []
+    for k, v in record["config"].items():
+        there = saved.get(k, legacy.get(k))
+        if there != v:
+            note = "" if k in saved else " (not in the file, written before this setting existed)"
+            diffs.append(f"{k}: {there!r} there{note}, {v!r} here")
     if old.get("space") != record["space"]:
         diffs.append("the search space (labels / number of candidates) differs")
     if diffs:
         raise ValueError(f"{run_dir} was written by another SparseMask configuration ({'; '.join(diffs)}). "
-                         "Use a new run_dir, or the same settings to resume.")
+                         "Use a new run_dir, or the same settings to resume (SparseMaskConfig.from_dict("
+                         "searchdir.recorded_config(run_dir)) rebuilds them).")
     ckpt = run_dir / CHECKPOINT_FILE
     return ckpt if ckpt.exists() else None
 

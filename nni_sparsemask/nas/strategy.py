@@ -9,11 +9,17 @@ where ``R`` depends on ``loss`` (:func:`~nni_sparsemask.nas.losses.stage_regular
 ``L_bp + L_sp`` (Eq. 2, the paper's loss), ``'binary'`` and ``'sparse'`` its two parts alone (the ablations of
 Table 1), ``'task'`` no regulariser, ``'l1'`` ``|w|_1`` (the L1 baseline of Fig. 4).
 
-``optimization='joint'`` (the paper's protocol) does one backward of L per training batch and steps the
-evaluator's weight optimizer and the w optimizer together (two parameter groups of disjoint parameters: the
-same as one optimizer with a separate learning rate for w), then clamps w into [0, 1].
+``optimization='joint'`` (the paper's protocol) does one backward of L per training batch and steps the network
+weights and w together, then clamps w into [0, 1]. With ``arc_optimizer='shared'`` (the default: the official
+recipe) w is a parameter group of the evaluator's own optimizer (:mod:`.recipe`); with ``'adam'`` or ``'sgd'``
+it has an optimizer of its own, stepped right after the evaluator's on the same gradient.
 ``optimization='bilevel'`` alternates DARTS-style: a w step on a held-out (validation) batch with
-L_task + lambda R, then a weight step on a training batch with L_task.
+L_task + lambda R, then a weight step on a training batch with L_task (it needs ``'adam'`` or ``'sgd'``).
+
+The rest of the official recipe (see :mod:`.config` for the defaults and why): noise on w in every training
+forward (``arc_noise``, in :class:`~nni_sparsemask.nas.supermodule.SparseMixedInput`), and as switches, off by
+default, the sparse loss on that same noisy w (``noisy_penalty``) and nearly frozen BatchNorm in the searched
+model (``freeze_bn``, ``bn_momentum``).
 
 Other mutables (``LayerChoice``, ``InputChoice(n_chosen=k)``, value choices) are handed to NNI's DARTS
 supermodules (softmax logits trained by the same w optimizer, no sparse loss, argmax export) when
@@ -47,183 +53,15 @@ from torch import nn
 
 from nni_sparsemask.nas import searchdir
 from nni_sparsemask.nas.binarization import binarization_report, undecided_warning
-from nni_sparsemask.nas.config import LOSSES, OPTIMIZATIONS, SparseMaskConfig
-from nni_sparsemask.nas.losses import alpha_rule, regulariser
+from nni_sparsemask.nas.config import LEGACY_VALUES, OPTIMIZATIONS, SparseMaskConfig
+from nni_sparsemask.nas.loop import SparseMaskLightningModule
+from nni_sparsemask.nas.losses import LOSSES
 from nni_sparsemask.nas.supermodule import SparseMixedInput, init_arch_weights
-from nni_sparsemask.seeding import seed_epoch
 
 __all__ = ["SparseMask", "SparseMaskConfig", "SparseMaskLightningModule", "binarization_report",
            "LOSSES", "OPTIMIZATIONS"]
 
 _logger = logging.getLogger(__name__)
-
-
-class SparseMaskLightningModule(BaseOneShotLightningModule):
-    """The search loop of :class:`SparseMask` (wraps the evaluator's Lightning module, as NNI's DARTS does).
-
-    ``history`` holds ``{label: w}`` after every training epoch; it is saved in the checkpoints.
-    """
-
-    def __init__(self, training_module: LightningModule, config: SparseMaskConfig, run_dir: str | None = None):
-        super().__init__(training_module)
-        self.config = config
-        self.run_dir = run_dir
-        self.history: list[dict[str, list[float]]] = []
-        # the first epoch this fit runs (> 0 when resuming); the RNGs are seeded for it in ``setup``
-        self.start_epoch = 0
-
-    # ---- parameters -------------------------------------------------------------------------------------
-    def sparse_modules(self) -> dict[str, SparseMixedInput]:
-        """One ``SparseMixedInput`` per label (modules sharing a label share w), in model order."""
-        out: dict[str, SparseMixedInput] = {}
-        for m in self.supernet_modules():
-            # plain str keys: NNI's labels are a str subclass that torch.load(weights_only=True) refuses
-            if isinstance(m, SparseMixedInput) and str(m.label) not in out:
-                out[str(m.label)] = m
-        return out
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """w of every label first, then the logits of DARTS-handled choices; each once, in a fixed order."""
-        params: list[nn.Parameter] = []
-        seen: set[int] = set()
-        modules = list(self.sparse_modules().values()) + [
-            m for m in self.supernet_modules() if not isinstance(m, SparseMixedInput)]
-        for m in modules:
-            for p in (m.arch_parameters() if hasattr(m, "arch_parameters") else []):  # type: ignore[attr-defined]
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    params.append(p)
-        return params
-
-    def current_weights(self) -> dict[str, list[float]]:
-        return {label: m.arch_weights.detach().cpu().tolist() for label, m in self.sparse_modules().items()}
-
-    @torch.no_grad()
-    def clamp_weights(self) -> None:
-        for m in self.sparse_modules().values():
-            m.clamp_()
-
-    # ---- the loss ---------------------------------------------------------------------------------------
-    def regulariser(self) -> torch.Tensor:
-        """``lambda * sum_l R(w_l)`` (:func:`~nni_sparsemask.nas.losses.regulariser`) for the configured ``loss``.
-
-        A constant 0, outside the graph, for ``'task'`` and ``lambda_sparse == 0``.
-        """
-        cfg = self.config
-        modules = list(self.sparse_modules().values())
-        if cfg.loss == "task" or cfg.lambda_sparse == 0 or not modules:
-            return torch.zeros((), device=self.device)
-        stages = [(m.arch_weights, cfg.alpha if cfg.alpha is not None else alpha_rule(m.n_candidates))
-                  for m in modules]
-        return cfg.lambda_sparse * regulariser(stages, cfg.loss, cfg.eps)
-
-    # ---- optimisation -----------------------------------------------------------------------------------
-    def configure_architecture_optimizers(self):
-        params = self.arch_parameters()
-        if not params:
-            raise ValueError("No architecture parameters found: the model space has no InputChoice(n_chosen=None) "
-                             "that SparseMask could search.")
-        cfg = self.config
-        if cfg.arc_optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.arc_learning_rate, weight_decay=cfg.arc_weight_decay)
-        return torch.optim.SGD(params, lr=cfg.arc_learning_rate, momentum=cfg.arc_momentum,
-                               weight_decay=cfg.arc_weight_decay)
-
-    def postprocess_weight_optimizers(self, optimizers: Any) -> Any:
-        """Take w (and DARTS logits) out of the evaluator's optimizer: the two groups must be disjoint."""
-        arch = {id(p) for p in self.arch_parameters()}
-
-        def _strip(opt: Any) -> Any:
-            if isinstance(opt, torch.optim.Optimizer):
-                for group in opt.param_groups:
-                    group["params"] = [p for p in group["params"] if id(p) not in arch]
-                return opt
-            if isinstance(opt, (list, tuple)):
-                return type(opt)(_strip(o) for o in opt)
-            if isinstance(opt, dict):
-                return {k: _strip(v) for k, v in opt.items()}
-            return opt
-
-        return _strip(optimizers)
-
-    def _task_loss(self, batch: Any, batch_idx: int) -> tuple[Any, torch.Tensor]:
-        out = self.training_module.training_step(batch, batch_idx)
-        loss = out["loss"] if isinstance(out, dict) else out
-        return out, loss
-
-    def _arch_step_enabled(self) -> bool:
-        return self.trainer.current_epoch >= self.config.warmup_epochs
-
-    def training_step(self, batch, batch_idx):
-        arc_optim = self.architecture_optimizers()
-        if isinstance(arc_optim, list):
-            raise TypeError(f"expected one architecture optimizer, got {len(arc_optim)}")
-        cfg = self.config
-        if cfg.optimization == "joint":
-            out, task = self._task_loss(batch, batch_idx)
-            reg = self.regulariser()
-            arc_optim.zero_grad()
-            # zero_grad of the weight optimizer, one backward of L, step of the weight optimizer ...
-            self.advance_optimization(task + reg, batch_idx, cfg.gradient_clip_val)
-            # ... and the w step on the same gradient
-            if self._arch_step_enabled():
-                arc_optim.step()
-                self.clamp_weights()
-        else:  # bilevel, DARTS first order
-            trn_batch, val_batch = batch["train"], batch["val"]
-            reg = torch.zeros(())
-            if self._arch_step_enabled():
-                arc_optim.zero_grad()
-                _, val_task = self._task_loss(val_batch, 2 * batch_idx)
-                reg = self.regulariser()
-                self.manual_backward(val_task + reg)
-                arc_optim.step()
-                self.clamp_weights()
-            out, task = self._task_loss(trn_batch, 2 * batch_idx + 1)
-            self.advance_optimization(task, batch_idx, cfg.gradient_clip_val)
-        self.advance_lr_schedulers(batch_idx)
-        self.log("sparse_loss", reg.detach(), prog_bar=True)
-        if batch_idx % cfg.log_every_n_steps == 0:
-            self.log_probs(self.export_probs())
-        return out
-
-    def validation_step(self, batch, batch_idx):
-        return self.training_module.validation_step(batch, batch_idx)
-
-    def on_validation_epoch_start(self):
-        return self.training_module.on_validation_epoch_start()
-
-    def on_validation_epoch_end(self):
-        return self.training_module.on_validation_epoch_end()
-
-    # ---- epochs, history, checkpoints ---------------------------------------------------------------------
-    def setup(self, stage: str = "fit"):
-        # Lightning may create the first epoch's data iterator before ``on_train_epoch_start`` (always when
-        # resuming, and when ``estimated_stepping_batches`` is used in ``configure_optimizers``): seed here.
-        if stage == "fit":
-            seed_epoch(self.config.seed, self.start_epoch)
-        return super().setup(stage)
-
-    def on_train_epoch_start(self):
-        if self.trainer.current_epoch != self.start_epoch:  # the first epoch of this fit was seeded in setup
-            seed_epoch(self.config.seed, self.trainer.current_epoch)
-        frozen = not self._arch_step_enabled()
-        for p in self.arch_parameters():
-            p.requires_grad_(not frozen)
-        return super().on_train_epoch_start()
-
-    def on_train_epoch_end(self):
-        result = super().on_train_epoch_end()
-        self.history.append(self.current_weights())
-        if self.run_dir is not None and not self.trainer.sanity_checking:
-            searchdir.save_checkpoint(self.trainer, self.run_dir)
-        return result
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        searchdir.put_state(checkpoint, self.history, dataclasses.asdict(self.config))
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.history = searchdir.load_history(checkpoint)
 
 
 _D = SparseMaskConfig()  # the defaults of SparseMask(...) are the config's (one place)
@@ -240,7 +78,16 @@ class SparseMask(OneShotStrategy):
     threshold: sigma of section 3.3; a candidate is kept when ``w >= threshold`` (in (0, 1); 1e-3 in the paper).
     loss: ``'sparsemask'`` | ``'binary'`` | ``'sparse'`` | ``'task'`` | ``'l1'`` (see the module docstring).
     optimization: ``'joint'`` (paper) or ``'bilevel'`` (DARTS-style, w on validation batches).
-    arc_learning_rate, arc_optimizer ('adam' | 'sgd'), arc_momentum, arc_weight_decay: the w optimizer.
+    arc_optimizer: ``'shared'`` (default, the official recipe): w is a parameter group of the evaluator's optimizer,
+        with its momentum and schedule (see :mod:`.recipe`); ``'adam'`` / ``'sgd'``: an optimizer of w's own.
+    arc_learning_rate: w's learning rate. ``None`` (default, ``'shared'`` only): the evaluator's group named
+        ``'decoder'``, or ``arc_lr_mult`` (default 10, the paper's decoder / backbone ratio) times its first group.
+    arc_momentum: momentum of ``'sgd'`` (``'shared'`` takes the evaluator's). arc_weight_decay: on w (4e-5).
+    arc_noise: std of the noise on w in every training forward (0.05 on the [0, 1] scale; 0 turns it off).
+    noisy_penalty: compute the sparse loss on the noisy w of the forward, as the official code does, instead of
+        on w (default False: measured less decisive, see :mod:`.config`).
+    freeze_bn, bn_momentum: BatchNorm of the searched model with running-statistics momentum ``bn_momentum``
+        (3e-4) and affine parameters not trained during the search (restored afterwards); default False.
     alpha: a fixed target mean of w for every stage; ``None`` (default) uses ``min(2 / |T_l|, 0.5)``.
     init, init_noise: w starts at ``init + init_noise * N(0, 1)`` (seeded by ``seed``), clamped to [0, 1].
     eps: clamp of the logarithms' argument in the losses.
@@ -256,9 +103,11 @@ class SparseMask(OneShotStrategy):
 
     def __init__(self, lambda_sparse: float = _D.lambda_sparse, threshold: float = _D.threshold,
                  loss: str = _D.loss, optimization: str = _D.optimization, *,
-                 arc_learning_rate: float = _D.arc_learning_rate, arc_optimizer: str = _D.arc_optimizer,
-                 arc_momentum: float = _D.arc_momentum, arc_weight_decay: float = _D.arc_weight_decay,
-                 alpha: float | None = _D.alpha, init: float = _D.init, init_noise: float = _D.init_noise,
+                 arc_learning_rate: float | None = _D.arc_learning_rate, arc_optimizer: str = _D.arc_optimizer,
+                 arc_lr_mult: float = _D.arc_lr_mult, arc_momentum: float = _D.arc_momentum,
+                 arc_weight_decay: float = _D.arc_weight_decay, arc_noise: float = _D.arc_noise,
+                 noisy_penalty: bool = _D.noisy_penalty, freeze_bn: bool = _D.freeze_bn,
+                 bn_momentum: float = _D.bn_momentum, alpha: float | None = _D.alpha, init: float = _D.init, init_noise: float = _D.init_noise,
                  eps: float = _D.eps, seed: int = _D.seed, warmup_epochs: int = _D.warmup_epochs,
                  gradient_clip_val: float | None = _D.gradient_clip_val, other_choices: str = _D.other_choices,
                  undecided_warn_fraction: float = _D.undecided_warn_fraction,
@@ -266,8 +115,9 @@ class SparseMask(OneShotStrategy):
                  run_dir: str | os.PathLike | None = None, mutation_hooks: list | None = None, **kwargs: Any):
         self.config = SparseMaskConfig(
             lambda_sparse=lambda_sparse, threshold=threshold, loss=loss, optimization=optimization,
-            arc_learning_rate=arc_learning_rate, arc_optimizer=arc_optimizer, arc_momentum=arc_momentum,
-            arc_weight_decay=arc_weight_decay, alpha=alpha, init=init, init_noise=init_noise, eps=eps, seed=seed,
+            arc_learning_rate=arc_learning_rate, arc_optimizer=arc_optimizer, arc_lr_mult=arc_lr_mult,
+            arc_momentum=arc_momentum, arc_weight_decay=arc_weight_decay, arc_noise=arc_noise,
+            noisy_penalty=noisy_penalty, freeze_bn=freeze_bn, bn_momentum=bn_momentum, alpha=alpha, init=init, init_noise=init_noise, eps=eps, seed=seed,
             warmup_epochs=warmup_epochs, gradient_clip_val=gradient_clip_val, other_choices=other_choices,
             undecided_warn_fraction=undecided_warn_fraction, log_every_n_steps=log_every_n_steps)
         self.config.validate()
@@ -279,7 +129,7 @@ class SparseMask(OneShotStrategy):
     def extra_repr(self) -> str:
         c = self.config
         return (f"lambda_sparse={c.lambda_sparse}, threshold={c.threshold}, loss={c.loss!r}, "
-                f"optimization={c.optimization!r}")
+                f"optimization={c.optimization!r}, arc_optimizer={c.arc_optimizer!r}, arc_noise={c.arc_noise}")
 
     # ---- supernet ---------------------------------------------------------------------------------------
     def configure_oneshot_module(self, training_module: LightningModule) -> BaseOneShotLightningModule:
@@ -335,7 +185,7 @@ class SparseMask(OneShotStrategy):
             memo["_sparsemask_seeded"] = True
         from nni.nas.oneshot.pytorch.supermodule.differentiable import MixedOpDifferentiablePolicy
         kwargs = {"threshold": self.config.threshold, "init": self.config.init,
-                  "init_noise": self.config.init_noise, "softmax": nn.Softmax(-1),
+                  "init_noise": self.config.init_noise, "arc_noise": self.config.arc_noise, "softmax": nn.Softmax(-1),
                   "mixed_op_sampling": MixedOpDifferentiablePolicy}
         return hook(module, name, memo, kwargs)
 
@@ -355,7 +205,7 @@ class SparseMask(OneShotStrategy):
         self._resume_from = None
         if self.run_dir is None:
             return
-        self._resume_from = searchdir.prepare(self.run_dir, dataclasses.asdict(self.config), model)
+        self._resume_from = searchdir.prepare(self.run_dir, dataclasses.asdict(self.config), model, LEGACY_VALUES)
         if self._resume_from is not None:
             _logger.info("SparseMask resumes from %s", self._resume_from)
 

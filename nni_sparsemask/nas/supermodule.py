@@ -10,6 +10,12 @@ on at once), and multiplies each candidate by it (Eq. 1 / Eq. 4). With ``x_t`` t
     'concat' ->  cat([w_1 x_1, ..., w_n x_n], dim=1)
     'none'   ->  [w_1 x_1, ..., w_n x_n]       (the FDN space sums them itself, grouped by resolution)
 
+Noise injection (the official SparseMask recipe): with ``noise > 0`` every forward in training mode uses
+``w~ = clamp(w + noise * N(0, 1), 0, 1)`` instead of w (a fresh draw per forward, from torch's global RNG, which
+the strategy reseeds per epoch), and keeps the draw so that the sparse loss can be computed on the same w~
+(:attr:`SparseMixedInput.forward_weights`; the gradient reaches w through it, zero where the clamp is active).
+Evaluation forwards use w itself. Modules sharing a label draw their own noise.
+
 ``export`` keeps the candidates with ``w_t >= threshold`` (sigma of section 3.3), as a sorted list of ints,
 which is the value format of NNI's ``CategoricalMultiple`` (so ``model_space.freeze(export)`` works).
 
@@ -69,13 +75,14 @@ class SparseMixedInput(InputChoice, BaseSuperNetModule):
     label: the label of the replaced ``InputChoice``.
     reduction: ``'sum'``, ``'mean'``, ``'concat'`` or ``'none'``, as in the replaced choice.
     threshold: sigma; ``export`` keeps ``w_t >= threshold``.
+    noise: std of the noise on w in training forwards (0: none).
     """
 
     ARCH_PARAMETER_NAME = "_arch_w"
     _arch_parameter_names: list[str] = [ARCH_PARAMETER_NAME]
 
     def __init__(self, n_candidates: int, w: nn.Parameter, label: str, reduction: str = "sum",
-                 threshold: float = DEFAULT_THRESHOLD):
+                 threshold: float = DEFAULT_THRESHOLD, noise: float = 0.0):
         if reduction not in ("sum", "mean", "concat", "none"):
             raise ValueError(f"reduction must be one of 'sum', 'mean', 'concat', 'none', got {reduction!r}")
         _check_threshold(threshold)
@@ -90,6 +97,11 @@ class SparseMixedInput(InputChoice, BaseSuperNetModule):
                              f"got shape {tuple(w.shape)}")
         self._arch_w = w
         self.threshold = float(threshold)
+        if not (isinstance(noise, (int, float)) and 0.0 <= noise < 0.5):
+            raise ValueError(f"noise (std of the noise on w) must be a number in [0, 0.5), got {noise!r}")
+        self.noise = float(noise)
+        # the noise of the latest training forward (a plain tensor, so the module deep-copies), or None
+        self._forward_noise: torch.Tensor | None = None
 
     # ---- the weights -------------------------------------------------------------------------------
     @property
@@ -102,6 +114,31 @@ class SparseMixedInput(InputChoice, BaseSuperNetModule):
         for name, p in self.named_parameters(recurse=False):
             if name in self._arch_parameter_names:
                 yield p
+
+    def weights_for_forward(self) -> torch.Tensor:
+        """w, or in training mode with ``noise > 0`` a fresh ``clamp(w + noise * N(0, 1), 0, 1)`` (its draw kept
+        for :attr:`forward_weights`)."""
+        if not (self.training and self.noise > 0):
+            return self._arch_w
+        self._forward_noise = self.noise * torch.randn_like(self._arch_w.detach())
+        return self.forward_weights  # type: ignore[return-value]
+
+    @property
+    def forward_weights(self) -> torch.Tensor | None:
+        """The w~ of the latest training forward with noise, ``clamp(w + that draw, 0, 1)`` (differentiable in w);
+        ``None`` when there was none since :meth:`reset_forward_weights`."""
+        if self._forward_noise is None:
+            return None
+        return (self._arch_w + self._forward_noise).clamp(0.0, 1.0)
+
+    def penalty_weights(self, noisy: bool = True) -> torch.Tensor:
+        """The w the sparse loss sees: the latest noisy forward's w~ when ``noisy`` and there is one, else w."""
+        noisy_w = self.forward_weights if noisy else None
+        return noisy_w if noisy_w is not None else self._arch_w
+
+    def reset_forward_weights(self) -> None:
+        """Forget the latest draw (the strategy calls it around every training step)."""
+        self._forward_noise = None
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -136,20 +173,21 @@ class SparseMixedInput(InputChoice, BaseSuperNetModule):
 
         ``memo[label]`` holds the shared ``w`` of a label (created here when missing, from
         ``mutate_kwargs['generator']``, ``'init'`` and ``'init_noise'``); ``mutate_kwargs['threshold']``
-        is sigma. Other modules are left to the following hooks (returns ``None``).
+        is sigma, ``mutate_kwargs['arc_noise']`` the noise std (default 0). Other modules are left to the following
+        hooks (returns ``None``).
         """
         if not is_multi_input_choice(module):
             return None
         w = shared_arch_weights(module, name, memo, mutate_kwargs)
         return cls(module.n_candidates, w, module.label, module.reduction,
-                   mutate_kwargs.get("threshold", DEFAULT_THRESHOLD))
+                   mutate_kwargs.get("threshold", DEFAULT_THRESHOLD), mutate_kwargs.get("arc_noise", 0.0))
 
     # ---- forward ---------------------------------------------------------------------------------------
     def forward(self, candidate_inputs: list[Any]) -> Any:  # type: ignore[override]
         n = self.n_candidates
         if len(candidate_inputs) != n:
             raise ValueError(f"InputChoice {self.label!r} expects {n} candidate inputs, got {len(candidate_inputs)}")
-        w = self._arch_w
+        w = self.weights_for_forward()
         weighted = [w[t] * x for t, x in enumerate(candidate_inputs)]
         if self.reduction == "none":
             return weighted
@@ -164,7 +202,7 @@ class SparseMixedInput(InputChoice, BaseSuperNetModule):
 
     def extra_repr(self) -> str:
         return (f"n_candidates={self.n_candidates}, reduction={self.reduction!r}, label={self.label!r}, "
-                f"threshold={self.threshold}")
+                f"threshold={self.threshold}, noise={self.noise}")
 
 
 def shared_arch_weights(module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]) -> nn.Parameter:
