@@ -256,7 +256,7 @@ def test_serves_as_evaluator_of_the_sparsemask_search(tmp_path):
     space = FDNSpace(backbone="convnet", num_classes=11, decoder_channels=8,
                      backbone_kwargs={"widths": (8, 8, 8, 8, 8)})
     evaluator = _evaluator(tmp_path, max_epochs=1)
-    strategy = SparseMask(arc_learning_rate=0.01)
+    strategy = SparseMask(arc_learning_rate=0.01, arc_optimizer="adam")  # w in an optimizer of its own
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         NasExperiment(space, evaluator, strategy).run()

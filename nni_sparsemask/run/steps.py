@@ -32,6 +32,8 @@ from nni_sparsemask.seeding import seed_everything
 __all__ = ["run_search", "run_prune", "run_retrain", "run_evaluate", "load_run_network", "SEARCH_DONE"]
 
 SEARCH_DONE = "search.json"
+#: the w optimizer of searches started by the run layer (see _search_oneshot)
+RUN_ARC_OPTIMIZER = "adam"
 Log = Callable[[str], None]
 
 
@@ -120,8 +122,12 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
                              train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=schedule.epochs,
                              accelerator=accelerator, enable_checkpointing=False, logger=False,
                              enable_progress_bar=progress, enable_model_summary=False)
+    # the CLI, the demo and the comparison keep w in an Adam of its own at --arc-lr, the setting their numbers were
+    # measured with; the Python API's SparseMask() default (w in the evaluator's SGD, noise on w) is not yet
+    # measured on DigitScenes
     strat = build_strategy(strategy, params, run_dir=run.file("search"),
-                           arc_learning_rate=schedule.arc_learning_rate)
+                           arc_learning_rate=schedule.arc_learning_rate, arc_optimizer=RUN_ARC_OPTIMIZER,
+                           arc_noise=0.0, arc_weight_decay=0.0)
     log(f"[search] {strategy} {params}: {schedule.epochs} epochs on {data.dataset} ({data.train_scenes} scenes, "
         f"{data.image_size}px), run dir {run.path}")
     NasExperiment(space, evaluator, strat).run()
