@@ -30,7 +30,7 @@ DATA = {"--dataset": "dataset", "--image-size": "image_size", "--train-scenes": 
 MODEL = {"--backbone": "backbone", "--backbone-weights": "backbone_weights", "--decoder-channels": "decoder_channels"}
 
 
-def check(printed: dict[str, str], cfg, mapping: dict[str, str]) -> None:
+def check_defaults(printed: dict[str, str], cfg, mapping: dict[str, str]) -> None:
     for option, name in mapping.items():
         assert option in printed, f"{option} prints no default"
         assert printed[option] == str(getattr(cfg, name)), (option, printed[option], getattr(cfg, name))
@@ -39,26 +39,26 @@ def check(printed: dict[str, str], cfg, mapping: dict[str, str]) -> None:
 @pytest.mark.parametrize("command", ["search", "retrain"])
 def test_data_and_model_options_print_the_config_defaults(command):
     printed = help_defaults(command)
-    check(printed, DataConfig(), DATA)
-    check(printed, ModelConfig(), MODEL)
+    check_defaults(printed, DataConfig(), DATA)
+    check_defaults(printed, ModelConfig(), MODEL)
 
 
 def test_schedules_print_their_own_config():
-    check(help_defaults("search"), SearchConfig(), {"--epochs": "epochs", "--lr": "learning_rate",
+    check_defaults(help_defaults("search"), SearchConfig(), {"--epochs": "epochs", "--lr": "learning_rate",
                                                     "--arc-lr": "arc_learning_rate"})
-    check(help_defaults("retrain"), TrainConfig(), {"--epochs": "epochs", "--lr": "learning_rate", "--seed": "seed"})
-    check(help_defaults("retrain"), EvalConfig(), {"--fps-size": "fps_size", "--fps-batch": "fps_batch"})
-    check(help_defaults("evaluate"), EvalConfig(), {"--fps-size": "fps_size", "--fps-batch": "fps_batch"})
+    check_defaults(help_defaults("retrain"), TrainConfig(), {"--epochs": "epochs", "--lr": "learning_rate", "--seed": "seed"})
+    check_defaults(help_defaults("retrain"), EvalConfig(), {"--fps-size": "fps_size", "--fps-batch": "fps_batch"})
+    check_defaults(help_defaults("evaluate"), EvalConfig(), {"--fps-size": "fps_size", "--fps-batch": "fps_batch"})
 
 
 def test_pretrain_and_demo_print_their_configs():
-    check(help_defaults("pretrain"), PretrainConfig(), {"--image-size": "image_size", "--scenes": "num_scenes",
+    check_defaults(help_defaults("pretrain"), PretrainConfig(), {"--image-size": "image_size", "--scenes": "num_scenes",
                                                         "--epochs": "epochs", "--lr": "lr", "--seed": "seed"})
     demo = {f.name: f.name for f in dataclasses.fields(DemoConfig) if f.name not in ("baselines", "learning_rate",
                                                                                        "val_scenes")}
     mapping = {"--" + name.replace("_", "-"): name for name in demo}
     mapping["--arc-lr"] = mapping.pop("--arc-learning-rate")
-    check(help_defaults("demo"), DemoConfig(), mapping)
+    check_defaults(help_defaults("demo"), DemoConfig(), mapping)
 
 
 def test_search_help_names_the_strategies_defaults():

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
-def _refused(argv, out: Path, capsys, message: str) -> str:
+def assert_refused(argv, out: Path, capsys, message: str) -> str:
     """``argv`` ends with exit status 2, one error line holding ``message``, and nothing written at ``out``."""
     assert main(argv + ["--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -33,7 +33,7 @@ def _refused(argv, out: Path, capsys, message: str) -> str:
 # ------------------------------------------------------------------------------------------------ item 6
 @pytest.mark.parametrize("command", [["retrain", "--decoder", "fcn"], ["search"]])
 def test_an_image_size_digitscenes_cannot_draw_is_refused_before_the_run_directory(tmp_path, capsys, command):
-    err = _refused(command + TINY_MODEL + TINY_DATA + FAST + ["--image-size", "7"], tmp_path / "run", capsys,
+    err = assert_refused(command + TINY_MODEL + TINY_DATA + FAST + ["--image-size", "7"], tmp_path / "run", capsys,
                    "image_size must be >= 23")
     assert err.count("\n") == 1
 
@@ -51,14 +51,14 @@ def test_the_smallest_digitscenes_size_is_accepted(tmp_path):
 def test_an_image_a_batch_of_one_cannot_train_on_is_refused(tmp_path, capsys):
     # batch norm in training needs more than one value per channel: the deepest stage (stride 32) must be > 1x1
     argv = ["retrain", "--decoder", "fcn"] + TINY_MODEL + TINY_DATA + FAST + ["--batch-size", "1"]
-    _refused(argv, tmp_path / "run", capsys, "image_size must be > 32 with batch size 1")
+    assert_refused(argv, tmp_path / "run", capsys, "image_size must be > 32 with batch size 1")
 
 
 @pytest.mark.parametrize("command,flag", [(["retrain", "--decoder", "fcn"], "--lr"), (["search"], "--lr"),
                                          (["search"], "--arc-lr")])
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_a_learning_rate_that_is_not_finite_is_refused(tmp_path, capsys, command, flag, value):
-    err = _refused(command + TINY_MODEL + TINY_DATA + FAST + [flag, value], tmp_path / "run", capsys,
+    err = assert_refused(command + TINY_MODEL + TINY_DATA + FAST + [flag, value], tmp_path / "run", capsys,
                    "learning_rate must be a finite number > 0")
     assert err.count("\n") == 1
 
@@ -76,26 +76,26 @@ def test_pretrain_refuses_an_infinite_learning_rate(tmp_path, capsys):
 def test_a_missing_weights_file_is_refused_before_the_run_directory(tmp_path, capsys, command):
     missing = tmp_path / "nowhere" / "encoder.pt"
     model = TINY_MODEL[:4] + ["--backbone-weights", str(missing), "--decoder-channels", "8"]
-    _refused(command + model + TINY_DATA + FAST, tmp_path / "run", capsys, f"not found: {missing}")
+    assert_refused(command + model + TINY_DATA + FAST, tmp_path / "run", capsys, f"not found: {missing}")
 
 
 @pytest.mark.parametrize("command", [["retrain", "--decoder", "fcn"], ["search"]])
 def test_an_empty_voc_root_is_refused_before_the_run_directory(tmp_path, capsys, command):
     empty = tmp_path / "voc"
     empty.mkdir()
-    _refused(command + TINY_MODEL + FAST + ["--dataset", "voc", "--data-root", str(empty)], tmp_path / "run",
+    assert_refused(command + TINY_MODEL + FAST + ["--dataset", "voc", "--data-root", str(empty)], tmp_path / "run",
              capsys, f"no VOCdevkit/VOC2012 directory found at {empty}")
 
 
 def test_deeplab_on_a_backbone_it_does_not_support_is_refused_before_the_run_directory(tmp_path, capsys):
-    _refused(["retrain", "--decoder", "deeplabv3"] + TINY_MODEL + TINY_DATA + FAST, tmp_path / "run", capsys,
+    assert_refused(["retrain", "--decoder", "deeplabv3"] + TINY_MODEL + TINY_DATA + FAST, tmp_path / "run", capsys,
              "DeepLabV3 supports backbone(s) mobilenet_v2")
 
 
 @pytest.mark.parametrize("flags,message", [(["--fps-size", "0"], "fps_size must be an integer >= 1"),
                                            (["--fps-batch", "0"], "fps_batch must be an integer >= 1")])
 def test_retrain_checks_the_fps_settings_before_training(tmp_path, capsys, flags, message):
-    _refused(["retrain", "--decoder", "fcn"] + TINY_MODEL + TINY_DATA + FAST + flags, tmp_path / "run", capsys,
+    assert_refused(["retrain", "--decoder", "fcn"] + TINY_MODEL + TINY_DATA + FAST + flags, tmp_path / "run", capsys,
              message)
 
 
@@ -110,7 +110,7 @@ def test_the_corrected_command_runs_where_the_refused_one_was_given(tmp_path, ca
 @pytest.mark.parametrize("k,message", [("9", "'k' of strategy 'maskconnect' must be in [2, 5], got 9"),
                                        ("1", "must be in [2, 5], got 1")])
 def test_maskconnect_k_has_the_range_its_help_gives(tmp_path, capsys, k, message):
-    _refused(["search", "--strategy", "maskconnect", "--k", k] + TINY_MODEL + TINY_DATA + FAST, tmp_path / "run",
+    assert_refused(["search", "--strategy", "maskconnect", "--k", k] + TINY_MODEL + TINY_DATA + FAST, tmp_path / "run",
              capsys, message)
 
 
@@ -118,7 +118,7 @@ def test_maskconnect_k_that_keeps_every_input_of_the_space_is_refused(tmp_path, 
     # a 2-stage convnet: D1 reads from 4 candidates (E1, E2, D2, G), D2 from 2: k = 4 keeps every edge
     model = ["--backbone", "convnet", "--backbone-kwargs", '{"widths": [4, 8]}', "--backbone-weights", "none",
              "--decoder-channels", "8"]
-    _refused(["search", "--strategy", "maskconnect", "--k", "4"] + model + TINY_DATA + FAST, tmp_path / "run",
+    assert_refused(["search", "--strategy", "maskconnect", "--k", "4"] + model + TINY_DATA + FAST, tmp_path / "run",
              capsys, "k=4 keeps every input of every stage")
 
 
@@ -163,7 +163,7 @@ def test_prune_refusal_does_not_suggest_resume(tmp_path, capsys):
 
 
 def test_unknown_strategy_names_the_known_strategies_in_plain_english(tmp_path, capsys):
-    _refused(["search", "--strategy", "enas"], tmp_path / "run", capsys, "known strategies: l1, maskconnect")
+    assert_refused(["search", "--strategy", "enas"], tmp_path / "run", capsys, "known strategies: l1, maskconnect")
     assert "strategys" not in capsys.readouterr().err
 
 
