@@ -16,7 +16,6 @@ the first sample.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
