@@ -81,6 +81,37 @@ def _add_schedule(p: argparse.ArgumentParser, schedule: Any) -> None:
                    help="seeds the data, the initial weights and every epoch")
 
 
+def _add_arc(p: argparse.ArgumentParser, defaults: Any) -> None:
+    """How the search trains w: ``--arc-optimizer``, ``--arc-lr``, ``--arc-noise``, ``--arc-weight-decay``,
+    ``--freeze-bn``, with the defaults of ``defaults`` (SearchConfig or DemoConfig)."""
+    c = _configs()
+    p.add_argument("--arc-optimizer", choices=sorted(c.DEFAULT_ARC_LR), default=defaults.arc_optimizer,
+                   help="shared: w is a parameter group of the network's SGD (momentum, poly schedule, the decoder's "
+                        "lr; the official recipe); adam / sgd: an optimizer of w's own")
+    p.add_argument("--arc-lr", type=float, default=None,
+                   help="learning rate of w (None: " + ", ".join(f"{k} {'the decoder lr' if v is None else v}"
+                                                                 for k, v in c.DEFAULT_ARC_LR.items())
+                        + (f"; here {defaults.arc_learning_rate}" if defaults.arc_learning_rate is not None
+                           and defaults.arc_learning_rate != c.DEFAULT_ARC_LR.get(defaults.arc_optimizer) else "")
+                        + ")")
+    p.add_argument("--arc-noise", type=float, default=defaults.arc_noise,
+                   help="std of the noise on w in training forwards (0: off)")
+    p.add_argument("--arc-weight-decay", type=float, default=defaults.arc_weight_decay, help="weight decay on w")
+    p.add_argument("--freeze-bn", action="store_true", default=defaults.freeze_bn,
+                   help="nearly freeze BatchNorm during the search (the official code)")
+
+
+def _arc_settings(args, defaults: Any = None) -> dict[str, Any]:
+    """The w settings of the parsed ``_add_arc`` flags; an unset ``--arc-lr`` is ``defaults``' value when the
+    optimizer is ``defaults``' own, else that optimizer's default."""
+    lr = args.arc_lr
+    if lr is None:
+        same = defaults is not None and defaults.arc_optimizer == args.arc_optimizer
+        lr = defaults.arc_learning_rate if same else _configs().DEFAULT_ARC_LR[args.arc_optimizer]
+    return {"arc_optimizer": args.arc_optimizer, "arc_learning_rate": lr, "arc_noise": args.arc_noise,
+            "arc_weight_decay": args.arc_weight_decay, "freeze_bn": args.freeze_bn}
+
+
 def _add_fps(p: argparse.ArgumentParser, default: Optional[int] = None) -> None:
     e = _configs().EvalConfig
     p.add_argument("--fps-size", type=int, default=default or e.fps_size, help="FPS input side")
@@ -124,9 +155,9 @@ def _search(args) -> int:
 
     strategy_args = {"lambda_sparse": args.lambda_sparse, "threshold": args.threshold, "k": args.k,
                      "samples": args.samples, "density": args.density, "seed": args.seed}
-    summary = run_search(args.out, args.strategy, strategy_args, _data(args), _model(args), epochs=args.epochs,
-                         learning_rate=args.lr, arc_learning_rate=args.arc_lr, overwrite=args.overwrite,
-                         resume=args.resume, progress=not args.no_progress)
+    schedule = _configs().SearchConfig(epochs=args.epochs, learning_rate=args.lr, **_arc_settings(args))
+    summary = run_search(args.out, args.strategy, strategy_args, _data(args), _model(args), schedule,
+                         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     edges = summary.get("edges")
     print(f"[search] {args.strategy}: kept edges {edges}; binarisation gap {summary.get('binarization_gap', '-')}; "
           f"{args.out}/connectivity.json")
@@ -178,7 +209,7 @@ def _demo(args) -> int:
 
     cfg = DemoConfig(search_epochs=args.search_epochs, retrain_epochs=args.retrain_epochs,
                      train_scenes=args.train_scenes, image_size=args.image_size, lambda_sparse=args.lambda_sparse,
-                     arc_learning_rate=args.arc_lr, decoder_channels=args.decoder_channels, threshold=args.threshold,
+                     **_arc_settings(args, DemoConfig), decoder_channels=args.decoder_channels, threshold=args.threshold,
                      seed=args.seed, baselines=tuple(args.baselines),
                      pretrain_scenes=args.pretrain_scenes, pretrain_epochs=args.pretrain_epochs,
                      fps_size=args.fps_size)
@@ -240,8 +271,7 @@ def _add_search_command(sub: Any) -> None:
     p.add_argument("--density", type=float, default=None,
                    help=f"random / rand_rule: edge probability (None: {_strategy_default('random', 'density')})")
     _add_schedule(p, c.SearchConfig)
-    p.add_argument("--arc-lr", type=float, default=c.SearchConfig.arc_learning_rate,
-                   help="learning rate of the architecture weights w")
+    _add_arc(p, c.SearchConfig)
     _add_data(p)
     _add_model(p)
     _add_run(p)
@@ -294,8 +324,7 @@ def _add_demo_command(sub: Any) -> None:
     p.add_argument("--train-scenes", type=int, default=d.train_scenes, help="DigitScenes training scenes")
     p.add_argument("--image-size", type=int, default=d.image_size, help="DigitScenes side")
     p.add_argument("--lambda-sparse", type=float, default=d.lambda_sparse, help="lambda of SparseMask's loss")
-    p.add_argument("--arc-lr", type=float, default=d.arc_learning_rate,
-                   help="learning rate of the architecture weights w")
+    _add_arc(p, d)
     p.add_argument("--decoder-channels", type=int, default=d.decoder_channels, help="C_dec of every network")
     p.add_argument("--threshold", type=float, default=d.threshold, help="sigma: keep edges with w >= sigma")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds data, weights and every epoch")

@@ -44,8 +44,9 @@ def test_data_and_model_options_print_the_config_defaults(command):
 
 
 def test_schedules_print_their_own_config():
-    check_defaults(help_defaults("search"), SearchConfig(), {"--epochs": "epochs", "--lr": "learning_rate",
-                                                    "--arc-lr": "arc_learning_rate"})
+    arc = {"--arc-optimizer": "arc_optimizer", "--arc-noise": "arc_noise", "--arc-weight-decay": "arc_weight_decay",
+           "--freeze-bn": "freeze_bn"}
+    check_defaults(help_defaults("search"), SearchConfig(), {"--epochs": "epochs", "--lr": "learning_rate", **arc})
     check_defaults(help_defaults("retrain"), TrainConfig(), {"--epochs": "epochs", "--lr": "learning_rate", "--seed": "seed"})
     check_defaults(help_defaults("retrain"), EvalConfig(), {"--fps-size": "fps_size", "--fps-batch": "fps_batch"})
     check_defaults(help_defaults("evaluate"), EvalConfig(), {"--fps-size": "fps_size", "--fps-batch": "fps_batch"})
@@ -57,8 +58,22 @@ def test_pretrain_and_demo_print_their_configs():
     demo = {f.name: f.name for f in dataclasses.fields(DemoConfig) if f.name not in ("baselines", "learning_rate",
                                                                                        "val_scenes")}
     mapping = {"--" + name.replace("_", "-"): name for name in demo}
-    mapping["--arc-lr"] = mapping.pop("--arc-learning-rate")
+    mapping.pop("--arc-learning-rate")  # --arc-lr None: the optimizer's default (test_arc_lr_defaults)
     check_defaults(help_defaults("demo"), DemoConfig(), mapping)
+
+
+@pytest.mark.parametrize("command,cfg", [("search", SearchConfig()), ("demo", DemoConfig())])
+@pytest.mark.parametrize("optimizer", ["shared", "adam", "sgd"])
+def test_arc_lr_defaults(command, cfg, optimizer):
+    """An unset --arc-lr is the config's own value for the config's optimizer, else that optimizer's default."""
+    from nni_sparsemask.cli import _arc_settings
+    from nni_sparsemask.run.config import DEFAULT_ARC_LR
+
+    args = build_parser().parse_args([command, "--out", "x", "--arc-optimizer", optimizer])
+    expected = cfg.arc_learning_rate if optimizer == cfg.arc_optimizer else DEFAULT_ARC_LR[optimizer]
+    assert _arc_settings(args, cfg)["arc_learning_rate"] == expected
+    assert _arc_settings(build_parser().parse_args([command, "--out", "x", "--arc-optimizer", optimizer,
+                                                    "--arc-lr", "0.3"]), cfg)["arc_learning_rate"] == 0.3
 
 
 def test_search_help_names_the_strategies_defaults():
@@ -69,8 +84,7 @@ def test_search_help_names_the_strategies_defaults():
 
 def test_trial_settings_take_the_run_configs_defaults():
     s = TrialSettings()
-    assert (s.search_epochs, s.search_lr, s.arc_lr) == (SearchConfig.epochs, SearchConfig.learning_rate,
-                                                        SearchConfig.arc_learning_rate)
+    assert s.search_config() == SearchConfig()
     assert (s.retrain_epochs, s.retrain_lr) == (TrainConfig.epochs, TrainConfig.learning_rate)
     assert (s.fps_size, s.fps_batch, s.fps_seconds) == (EvalConfig.fps_size, EvalConfig.fps_batch,
                                                         EvalConfig.fps_seconds)
@@ -92,8 +106,7 @@ def test_python_api_defaults_are_the_configs():
         for name in ("learning_rate", "decoder_lr_mult", "momentum", "weight_decay", "poly_power", "seed"):
             assert params[name].default == getattr(seg, name), (fn.__name__, name)
     search = inspect.signature(run_search).parameters
-    assert (search["epochs"].default, search["learning_rate"].default, search["arc_learning_rate"].default) == \
-        (SearchConfig.epochs, SearchConfig.learning_rate, SearchConfig.arc_learning_rate)
+    assert search["schedule"].default is None  # None: SearchConfig()
     for fn in (run_retrain, run_evaluate, evaluate_network):
         params = inspect.signature(fn).parameters
         assert (params["fps_size"].default, params["fps_batch"].default) == (EvalConfig.fps_size,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nni_sparsemask.fdn.connectivity import Connectivity
-from nni_sparsemask.run.config import DataConfig, ModelConfig, TrainConfig
+from nni_sparsemask.run.config import DataConfig, ModelConfig, SearchConfig, TrainConfig
 from nni_sparsemask.run.pipeline import (build_network, check_connectivity,
                                      evaluate_network, train_network)
 from nni_sparsemask.run.rundir import RunDir
@@ -18,6 +18,7 @@ MODEL = ModelConfig(backbone="convnet", backbone_kwargs={"widths": WIDTHS}, back
 DATA = DataConfig(image_size=32, train_scenes=32, val_scenes=8, batch_size=8)
 TRAIN = TrainConfig(epochs=1, learning_rate=0.01)
 QUIET = dict(progress=False, log=lambda s: None, accelerator="cpu")
+SCHEDULE = SearchConfig(epochs=2, learning_rate=0.01, arc_optimizer="adam", arc_learning_rate=0.2)
 
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -28,8 +29,7 @@ def search_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "sm"
     with pytest.MonkeyPatch.context() as mp:  # module scope: the function-scoped isolated_cache is not set yet
         mp.setenv("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sm-cache"))
-        run_search(out, "sparsemask", {"lambda_sparse": 0.01}, DATA, MODEL, epochs=2, learning_rate=0.01,
-                   arc_learning_rate=0.2, **QUIET)
+        run_search(out, "sparsemask", {"lambda_sparse": 0.01}, DATA, MODEL, SCHEDULE, **QUIET)
     return out
 
 
@@ -127,8 +127,8 @@ def test_search_is_reproducible_whatever_the_global_rng_state(search_dir, tmp_pa
     random.seed(123)
     np.random.seed(456)
     torch.manual_seed(789)
-    run_search(tmp_path / "again", "sparsemask", {"lambda_sparse": 0.01}, DATA, MODEL, epochs=2, learning_rate=0.01,
-               arc_learning_rate=0.2, **QUIET)
+    run_search(tmp_path / "again", "sparsemask", {"lambda_sparse": 0.01}, DATA, MODEL, SCHEDULE,
+               **QUIET)
     first = json.loads((search_dir / "connectivity_full.json").read_text())
     again = json.loads((tmp_path / "again" / "connectivity_full.json").read_text())
     assert again["history"] == first["history"] and again["edges"] == first["edges"]

@@ -25,7 +25,8 @@ class TrialSettings:
 
     Attributes:
         data / model: the data set and the network around the decoder (see :mod:`.pipeline`).
-        search_epochs / search_lr / arc_lr: the one-shot search (SparseMask, L1, MaskConnect).
+        search_epochs / search_lr / arc_lr / arc_optimizer / arc_noise / arc_weight_decay / freeze_bn: the one-shot
+            search (SparseMask, L1, MaskConnect), as :class:`SearchConfig` (:meth:`search_config`).
         retrain_epochs / retrain_lr: retraining every decoder with L_task (searched and hand-designed alike).
         fps_size / fps_batch / fps_seconds: the FPS measurement (input side, batch, timed seconds).
         pretrain: overrides of :class:`~.pretrain.PretrainConfig` when ``model.backbone_weights`` is
@@ -37,7 +38,11 @@ class TrialSettings:
     model: ModelConfig = field(default_factory=ModelConfig)
     search_epochs: int = SearchConfig.epochs
     search_lr: float = SearchConfig.learning_rate
-    arc_lr: float = SearchConfig.arc_learning_rate
+    arc_lr: Optional[float] = SearchConfig.arc_learning_rate
+    arc_optimizer: str = SearchConfig.arc_optimizer
+    arc_noise: float = SearchConfig.arc_noise
+    arc_weight_decay: float = SearchConfig.arc_weight_decay
+    freeze_bn: bool = SearchConfig.freeze_bn
     retrain_epochs: int = TrainConfig.epochs
     retrain_lr: float = TrainConfig.learning_rate
     fps_size: int = EvalConfig.fps_size
@@ -51,10 +56,14 @@ class TrialSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"trial setting {name} must be an integer >= 1, got {value!r}")
-        for name in ("search_lr", "arc_lr", "retrain_lr", "fps_seconds"):
+        for name in ("search_lr", "retrain_lr", "fps_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"trial setting {name} must be a number > 0, got {value!r}")
+        try:
+            self.search_config()
+        except ValueError as err:
+            raise ValueError(f"trial settings: {err}") from None
         if not isinstance(self.pretrain, dict):
             raise ValueError(f"trial setting pretrain must be an object of PretrainConfig fields, got "
                              f"{self.pretrain!r}")
@@ -64,6 +73,12 @@ class TrialSettings:
             raise ValueError(f"trial setting pretrain: unknown PretrainConfig field(s) {unknown}")
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
             raise ValueError(f"trial setting accelerator must be auto, cpu, gpu, cuda or mps, got {self.accelerator!r}")
+
+    def search_config(self) -> SearchConfig:
+        """The one-shot search's :class:`SearchConfig` of these settings."""
+        return SearchConfig(epochs=self.search_epochs, learning_rate=self.search_lr, arc_optimizer=self.arc_optimizer,
+                            arc_learning_rate=self.arc_lr, arc_noise=self.arc_noise,
+                            arc_weight_decay=self.arc_weight_decay, freeze_bn=self.freeze_bn)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

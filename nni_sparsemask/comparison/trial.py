@@ -235,8 +235,7 @@ def _run_entry(entry: GridEntry, settings: TrialSettings, entry_dir: Path, *, re
     if entry.kind != "decoder":
         search_dir = entry_dir / SEARCH_SUBDIR
         search = dict(out=search_dir, strategy=entry.method, strategy_args=entry.strategy_args, data=settings.data,
-                      model=model, epochs=settings.search_epochs, learning_rate=settings.search_lr,
-                      arc_learning_rate=settings.arc_lr, resume=True, progress=progress,
+                      model=model, schedule=settings.search_config(), resume=True, progress=progress,
                       accelerator=settings.accelerator)
         if report and entry.kind == "oneshot":  # not in the trial's process (see the module docstring)
             _search_in_own_process(run_search, search, log)

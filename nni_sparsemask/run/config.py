@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "SearchConfig", "EvalConfig", "PretrainConfig", "DATASETS", "PRETRAINED",
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "SearchConfig", "EvalConfig", "PretrainConfig", "DATASETS", "PRETRAINED", "DEFAULT_ARC_LR",
            "DEFAULT_BACKBONE_KWARGS", "default_backbone_kwargs", "checked_fields", "config_from_dict"]
 
 #: constructor arguments a backbone gets when none are given (the demo's small convnet); others get none
@@ -190,25 +190,62 @@ def _check_scene_size(owner: str, size: int) -> None:
                          f"{DigitScenesConfig.digit_scale[0]} of the side, must be 8 px at least), got {size!r}")
 
 
+#: w's learning rate when none is given, by ``arc_optimizer`` (``shared``: None, the decoder group's)
+DEFAULT_ARC_LR: dict[str, Optional[float]] = {"shared": None, "adam": 0.02, "sgd": 0.02}
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """The schedule of a one-shot search (SparseMask, L1, MaskConnect); the strategy's own arguments
-    (lambda, sigma, k, ...) are validated by :mod:`.registry`.
+    """The schedule of a one-shot search (SparseMask, L1, MaskConnect) and how it trains w; the strategy's own
+    arguments (lambda, sigma, k, ...) are validated by :mod:`.registry`.
 
     Attributes:
         epochs: search epochs.
         learning_rate: encoder learning rate of the network weights (decoder x ``decoder_lr_mult`` as in training).
-        arc_learning_rate: learning rate of the architecture weights w.
+        arc_optimizer: ``shared`` (w is one more parameter group of the network's SGD: momentum, poly schedule,
+            the decoder's learning rate; the official recipe), ``adam`` or ``sgd`` (an optimizer of w's own).
+        arc_learning_rate: learning rate of w; None (``shared`` only) takes the decoder group's.
+        arc_noise: std of the noise on w in training forwards (0 turns it off; MaskConnect always uses 0).
+        arc_weight_decay: weight decay on w.
+        freeze_bn: nearly freeze BatchNorm during the search (the official code's setting).
     """
 
     epochs: int = 15
     learning_rate: float = 0.02
-    arc_learning_rate: float = 0.02
+    arc_optimizer: str = "adam"
+    arc_learning_rate: Optional[float] = 0.02
+    arc_noise: float = 0.0
+    arc_weight_decay: float = 0.0
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("search", "epochs", self.epochs)
         _positive_number("search", "learning_rate", self.learning_rate)
-        _positive_number("search", "arc_learning_rate", self.arc_learning_rate)
+        from nni_sparsemask.nas.config import ARC_OPTIMIZERS  # here: reading the defaults (--help) needs no torch
+        if self.arc_optimizer not in ARC_OPTIMIZERS:
+            raise ValueError(f"unknown search arc_optimizer {self.arc_optimizer!r}; use one of "
+                             f"{', '.join(ARC_OPTIMIZERS)}")
+        if self.arc_learning_rate is None:
+            if self.arc_optimizer != "shared":
+                raise ValueError(f"search arc_optimizer {self.arc_optimizer!r} needs an arc learning rate (--arc-lr); "
+                                 "only 'shared' takes the decoder's")
+        else:
+            _positive_number("search", "arc_learning_rate", self.arc_learning_rate)
+        _non_negative_number("search", "arc_noise", self.arc_noise)
+        if self.arc_noise >= 0.5:
+            raise ValueError(f"search arc_noise must be below 0.5 (w lives in [0, 1]), got {self.arc_noise!r}")
+        _non_negative_number("search", "arc_weight_decay", self.arc_weight_decay)
+        if not isinstance(self.freeze_bn, bool):
+            raise ValueError(f"search freeze_bn must be true or false, got {self.freeze_bn!r}")
+
+    def strategy_options(self, noise: bool = True) -> dict[str, Any]:
+        """The keyword arguments of the one-shot strategy that say how w is trained (``noise=False``: a strategy
+        that takes no noise on w, MaskConnect)."""
+        out = {"arc_optimizer": self.arc_optimizer, "arc_learning_rate": self.arc_learning_rate,
+               "arc_weight_decay": self.arc_weight_decay, "freeze_bn": self.freeze_bn}
+        if noise:
+            out["arc_noise"] = self.arc_noise
+        return out
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from nni_sparsemask.nas.config import SparseMaskConfig
 from nni_sparsemask.run.config import DataConfig, ModelConfig, PretrainConfig, SearchConfig, TrainConfig
@@ -39,7 +39,11 @@ class DemoConfig:
     val_scenes: int = DataConfig.val_scenes
     image_size: int = DataConfig.image_size
     learning_rate: float = TrainConfig.learning_rate   # search and retraining alike
-    arc_learning_rate: float = 0.1      # at 0.02, a fifth of w was still undecided after 10 epochs (README)
+    arc_optimizer: str = SearchConfig.arc_optimizer
+    arc_learning_rate: Optional[float] = 0.1  # Adam at 0.02 left a fifth of w undecided after 10 epochs (README)
+    arc_noise: float = SearchConfig.arc_noise
+    arc_weight_decay: float = SearchConfig.arc_weight_decay
+    freeze_bn: bool = SearchConfig.freeze_bn
     lambda_sparse: float = SparseMaskConfig.lambda_sparse
     decoder_channels: int = ModelConfig.decoder_channels
     threshold: float = SparseMaskConfig.threshold
@@ -61,6 +65,13 @@ class DemoConfig:
             DECODERS.get(name)
         if "fdn" in self.baselines:
             raise ValueError("the dense FDN is always trained by the demo; leave 'fdn' out of --baselines")
+        self.search_config()
+
+    def search_config(self) -> SearchConfig:
+        """The search's schedule and w settings."""
+        return SearchConfig(epochs=self.search_epochs, learning_rate=self.learning_rate,
+                            arc_optimizer=self.arc_optimizer, arc_learning_rate=self.arc_learning_rate,
+                            arc_noise=self.arc_noise, arc_weight_decay=self.arc_weight_decay, freeze_bn=self.freeze_bn)
 
 
 def fps_side_by_side(runs: dict[str, Path], size: int, rounds: int = 5, seconds: float = 1.0,
@@ -208,7 +219,6 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
                       seed=cfg.seed)
     model = ModelConfig(decoder_channels=cfg.decoder_channels)
     train = TrainConfig(epochs=cfg.retrain_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed)
-    SearchConfig(epochs=cfg.search_epochs, learning_rate=cfg.learning_rate, arc_learning_rate=cfg.arc_learning_rate)
     run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume)
     step = _Steps(log)
     common = dict(resume=resume, progress=progress, log=log, accelerator=accelerator)
@@ -217,8 +227,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     model = dataclasses.replace(model, backbone_weights=weights)  # every later step loads this very file
     search = step("search", lambda: run_search(
         run.file("search"), "sparsemask", {"lambda_sparse": cfg.lambda_sparse, "threshold": cfg.threshold,
-                                           "seed": cfg.seed}, data, model, epochs=cfg.search_epochs,
-        learning_rate=cfg.learning_rate, arc_learning_rate=cfg.arc_learning_rate, **common))
+                                           "seed": cfg.seed}, data, model, cfg.search_config(), **common))
     heatmap = run.file("search") / "w_heatmap.png"
     if heatmap.is_file():
         shutil.copyfile(heatmap, run.file("w_heatmap.png"))

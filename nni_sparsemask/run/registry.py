@@ -186,6 +186,7 @@ class StrategyEntry:
     description: str
     factory: Callable[..., Any]
     params: dict[str, Param] = field(default_factory=dict)
+    noise_on_w: bool = True  # oneshot: takes noise on w in training forwards (MaskConnect samples instead)
 
 
 @dataclass
@@ -240,7 +241,8 @@ def _strategies() -> Registry[StrategyEntry]:
          "seed": _SEED}))
     reg.register("maskconnect", StrategyEntry(
         "maskconnect", "oneshot", "MaskConnect: exactly k inputs per stage (Fig. 4; k = 2..5)", _maskconnect,
-        {"k": Param(int, 2, "inputs per decoder stage (Fig. 4: 2..5)", low=2, high=5), "seed": _SEED}))
+        {"k": Param(int, 2, "inputs per decoder stage (Fig. 4: 2..5)", low=2, high=5), "seed": _SEED},
+        noise_on_w=False))
     reg.register("random", StrategyEntry(
         "random", "sampler", "Rand: every edge on with probability density",
         lambda **kw: ConnectivitySampler("random", **kw),

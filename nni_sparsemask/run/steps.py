@@ -31,8 +31,6 @@ from nni_sparsemask.seeding import seed_everything
 __all__ = ["run_search", "run_prune", "run_retrain", "run_evaluate", "load_run_network", "SEARCH_DONE"]
 
 SEARCH_DONE = "search.json"
-#: the w optimizer of searches started by the run layer (see _search_oneshot)
-RUN_ARC_OPTIMIZER = "adam"
 Log = Callable[[str], None]
 
 
@@ -52,16 +50,16 @@ def _heatmap(conn: Connectivity, path: Path, title: str, log: Log) -> None:
 
 # ------------------------------------------------------------------------------------------------ search
 def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], data: DataConfig,
-               model: ModelConfig, *, epochs: int = SearchConfig.epochs,
-               learning_rate: float = SearchConfig.learning_rate,
-               arc_learning_rate: float = SearchConfig.arc_learning_rate, overwrite: bool = False, resume: bool = False,
-               progress: bool = True, accelerator: str = "auto", log: Log = print) -> dict[str, Any]:
-    """Search a decoder of the FDN space with ``strategy`` (see ``baselines.STRATEGIES``) on ``data``."""
+               model: ModelConfig, schedule: Optional[SearchConfig] = None, *, overwrite: bool = False,
+               resume: bool = False, progress: bool = True, accelerator: str = "auto", log: Log = print
+               ) -> dict[str, Any]:
+    """Search a decoder of the FDN space with ``strategy`` (see ``run.registry.STRATEGIES``) on ``data``; a
+    one-shot search trains as ``schedule`` says (default :class:`SearchConfig`)."""
     from nni_sparsemask.run.registry import STRATEGIES, check_strategy_space, validate_strategy_args
 
     entry = STRATEGIES.get(strategy)
     params = validate_strategy_args(strategy, strategy_args)
-    schedule = SearchConfig(epochs=epochs, learning_rate=learning_rate, arc_learning_rate=arc_learning_rate)
+    schedule = schedule if schedule is not None else SearchConfig()
     check_strategy_space(strategy, params, len(check_inputs(data, model)))  # all checked before the run dir
     config = _base_config("search", strategy, params, int(params.get("seed", 0)), data, model)
     if entry.kind == "oneshot":
@@ -110,7 +108,7 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
 
     from nni_sparsemask.fdn.space import FDNSpace
     from nni_sparsemask.run.lightning import Segmentation
-    from nni_sparsemask.run.registry import build_strategy
+    from nni_sparsemask.run.registry import STRATEGIES, build_strategy
 
     weights = resolve_backbone_weights(model, data, log, progress=progress)
     seed_everything(int(params.get("seed", 0)))  # the decoder's initial weights
@@ -121,12 +119,8 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
                              train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=schedule.epochs,
                              accelerator=accelerator, enable_checkpointing=False, logger=False,
                              enable_progress_bar=progress, enable_model_summary=False)
-    # the CLI, the demo and the comparison keep w in an Adam of its own at --arc-lr, the setting their numbers were
-    # measured with; the Python API's SparseMask() default (w in the evaluator's SGD, noise on w) is not yet
-    # measured on DigitScenes
     strat = build_strategy(strategy, params, run_dir=run.file("search"),
-                           arc_learning_rate=schedule.arc_learning_rate, arc_optimizer=RUN_ARC_OPTIMIZER,
-                           arc_noise=0.0, arc_weight_decay=0.0)
+                           **schedule.strategy_options(noise=STRATEGIES.get(strategy).noise_on_w))
     log(f"[search] {strategy} {params}: {schedule.epochs} epochs on {data.dataset} ({data.train_scenes} scenes, "
         f"{data.image_size}px), run dir {run.path}")
     NasExperiment(space, evaluator, strat).run()
