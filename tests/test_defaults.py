@@ -45,7 +45,8 @@ def test_data_and_model_options_print_the_config_defaults(command):
 
 def test_schedules_print_their_own_config():
     arc = {"--arc-optimizer": "arc_optimizer", "--arc-noise": "arc_noise", "--arc-weight-decay": "arc_weight_decay",
-           "--freeze-bn": "freeze_bn"}
+           "--freeze-bn": "freeze_bn", "--cost": "cost", "--target-fps": "target_fps", "--budget": "budget",
+           "--cost-weight": "cost_weight", "--cost-size": "cost_size", "--cost-table": "cost_table"}
     check_defaults(help_defaults("search"), SearchConfig(), {"--epochs": "epochs", "--lr": "learning_rate", **arc})
     check_defaults(help_defaults("retrain"), TrainConfig(), {"--epochs": "epochs", "--lr": "learning_rate", "--seed": "seed"})
     check_defaults(help_defaults("retrain"), EvalConfig(), {"--fps-size": "fps_size", "--fps-batch": "fps_batch"})
@@ -66,13 +67,13 @@ def test_pretrain_and_demo_print_their_configs():
 @pytest.mark.parametrize("optimizer", ["shared", "adam", "sgd"])
 def test_arc_lr_defaults(command, cfg, optimizer):
     """An unset --arc-lr is the config's own value for the config's optimizer, else that optimizer's default."""
-    from nni_sparsemask.cli import _arc_settings
+    from nni_sparsemask.cli.options import arc_settings
     from nni_sparsemask.run.config import DEFAULT_ARC_LR
 
     args = build_parser().parse_args([command, "--out", "x", "--arc-optimizer", optimizer])
     expected = cfg.arc_learning_rate if optimizer == cfg.arc_optimizer else DEFAULT_ARC_LR[optimizer]
-    assert _arc_settings(args, cfg)["arc_learning_rate"] == expected
-    assert _arc_settings(build_parser().parse_args([command, "--out", "x", "--arc-optimizer", optimizer,
+    assert arc_settings(args, cfg)["arc_learning_rate"] == expected
+    assert arc_settings(build_parser().parse_args([command, "--out", "x", "--arc-optimizer", optimizer,
                                                     "--arc-lr", "0.3"]), cfg)["arc_learning_rate"] == 0.3
 
 

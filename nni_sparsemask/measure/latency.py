@@ -40,7 +40,7 @@ from nni_sparsemask.fdn.space import SegmentationHead
 from nni_sparsemask.measure.cost import inference_cost
 from nni_sparsemask.measure.deploy import as_measured
 
-__all__ = ["CostKey", "CostTable", "KINDS", "profile_space", "load_cost_table", "cost_table_path", "device_name"]
+__all__ = ["CostKey", "CostTable", "KINDS", "profile_space", "space_key", "load_cost_table", "cost_table_path", "device_name"]
 
 #: kind -> unit
 KINDS = {"latency": "s", "bytes": "bytes", "flops": "FLOP", "ops": "calls"}
@@ -245,6 +245,31 @@ def _resolve(space: Any, backbone: str | None, backbone_kwargs: dict | None, dec
     return encoder, backbone, dict(backbone_kwargs or {}), int(decoder_channels), int(num_classes)
 
 
+def _key(space: Any, kind: str, input_size: int | Sequence[int], decoder_channels: int | None,
+         num_classes: int | None, backbone: str | None, backbone_kwargs: dict[str, Any] | None,
+         device: str | torch.device, num_threads: int | None) -> tuple[CostKey, Encoder]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown cost kind {kind!r}; kinds: {', '.join(KINDS)}")
+    h, w = (input_size, input_size) if isinstance(input_size, int) else (int(v) for v in input_size)
+    encoder, backbone, kwargs, c_dec, classes = _resolve(space, backbone, backbone_kwargs, decoder_channels,
+                                                         num_classes)
+    threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
+    timed = kind == "latency"
+    key = CostKey(kind, backbone, kwargs, [[f.channels, f.reduction] for f in encoder.feature_info], c_dec,
+                  classes, [h, w], device_name(device) if timed else "", threads if timed else 0)
+    return key, encoder
+
+
+def space_key(space_or_feature_info: Any, kind: str = "latency", input_size: int | Sequence[int] = 256, *,
+              decoder_channels: int | None = None, num_classes: int | None = None, backbone: str | None = None,
+              backbone_kwargs: dict[str, Any] | None = None, device: str | torch.device = "cpu",
+              num_threads: int | None = None) -> CostKey:
+    """The :class:`CostKey` :func:`profile_space` would give these arguments (nothing measured): what a table
+    file must carry to be used for them (``load_cost_table(path, space_key(...))``)."""
+    return _key(space_or_feature_info, kind, input_size, decoder_channels, num_classes, backbone, backbone_kwargs,
+                device, num_threads)[0]
+
+
 def profile_space(space_or_feature_info: Any, kind: str = "latency", input_size: int | Sequence[int] = 256, *,
                   decoder_channels: int | None = None, num_classes: int | None = None, backbone: str | None = None,
                   backbone_kwargs: dict[str, Any] | None = None, device: str | torch.device = "cpu",
@@ -257,16 +282,11 @@ def profile_space(space_or_feature_info: Any, kind: str = "latency", input_size:
     ``min_run_time`` seconds per operation. With ``cache_dir`` the table is read from / written to
     :func:`cost_table_path` (``refresh=True`` profiles again).
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown cost kind {kind!r}; kinds: {', '.join(KINDS)}")
-    h, w = (input_size, input_size) if isinstance(input_size, int) else (int(v) for v in input_size)
-    encoder, backbone, kwargs, c_dec, classes = _resolve(space_or_feature_info, backbone, backbone_kwargs,
-                                                         decoder_channels, num_classes)
+    key, encoder = _key(space_or_feature_info, kind, input_size, decoder_channels, num_classes, backbone,
+                        backbone_kwargs, device, num_threads)
+    h, w = key.input_size
+    c_dec, classes, threads, timed = key.decoder_channels, key.num_classes, key.threads, kind == "latency"
     device = torch.device(device)
-    threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
-    timed = kind == "latency"
-    key = CostKey(kind, backbone, kwargs, [[f.channels, f.reduction] for f in encoder.feature_info], c_dec,
-                  classes, [h, w], device_name(device) if timed else "", threads if timed else 0)
     path = cost_table_path(cache_dir, key) if cache_dir is not None else None
     if path is not None and path.is_file() and not refresh:
         return load_cost_table(path, key)

@@ -47,7 +47,7 @@ OTHER_CHOICES = ("darts", "error")
 #: the value of each setting that did not exist in the first release, as those searches behaved (no noise,
 #: BN trained as the evaluator says); a record without the setting is read with this value
 LEGACY_VALUES: dict[str, Any] = {"arc_noise": 0.0, "noisy_penalty": False, "freeze_bn": False, "bn_momentum": 3e-4,
-                                 "arc_lr_mult": 10.0}
+                                 "arc_lr_mult": 10.0, "cost_budget": None, "cost_weight": 1.0}
 
 
 @dataclass
@@ -75,6 +75,8 @@ class SparseMaskConfig:
     warmup_epochs: int = 0
     gradient_clip_val: float | None = None
     other_choices: str = "darts"
+    cost_budget: float | None = None
+    cost_weight: float = 1.0
     undecided_warn_fraction: float = 0.25
     log_every_n_steps: int = 10
 
@@ -131,6 +133,10 @@ class SparseMaskConfig:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
         if self.gradient_clip_val is not None and _num("gradient_clip_val") <= 0:
             raise ValueError(f"gradient_clip_val must be None or > 0, got {self.gradient_clip_val!r}")
+        if self.cost_budget is not None and not _num("cost_budget") > 0:
+            raise ValueError(f"cost_budget must be None (no cost term) or > 0, got {self.cost_budget!r}")
+        if _num("cost_weight") < 0:
+            raise ValueError(f"cost_weight (mu of the cost term) must be >= 0, got {self.cost_weight!r}")
         if not 0.0 <= _num("undecided_warn_fraction") <= 1.0:
             raise ValueError(f"undecided_warn_fraction must be in [0, 1], got {self.undecided_warn_fraction!r}")
         if not isinstance(self.log_every_n_steps, int) or self.log_every_n_steps < 1:

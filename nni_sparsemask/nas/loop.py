@@ -20,7 +20,7 @@ from torch import nn
 
 from nni_sparsemask.nas import recipe, searchdir
 from nni_sparsemask.nas.config import SparseMaskConfig
-from nni_sparsemask.nas.losses import alpha_rule, regulariser
+from nni_sparsemask.nas.losses import alpha_rule, budget_penalty, kept_cost, regulariser
 from nni_sparsemask.nas.supermodule import SparseMixedInput
 from nni_sparsemask.seeding import seed_epoch
 
@@ -32,9 +32,11 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
     ``history`` holds ``{label: w}`` after every training epoch; it is saved in the checkpoints.
     """
 
-    def __init__(self, training_module: LightningModule, config: SparseMaskConfig, run_dir: str | None = None):
+    def __init__(self, training_module: LightningModule, config: SparseMaskConfig, run_dir: str | None = None,
+                 cost_fn: Any = None):
         super().__init__(training_module)
         self.config = config
+        self.cost_fn = cost_fn
         self.run_dir = run_dir
         self.history: list[dict[str, list[float]]] = []
         # the first epoch this fit runs (> 0 when resuming); the RNGs are seeded for it in ``setup``
@@ -93,6 +95,30 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
         stages = [(m.penalty_weights(cfg.noisy_penalty),
                    cfg.alpha if cfg.alpha is not None else alpha_rule(m.n_candidates)) for m in modules]
         return cfg.lambda_sparse * regulariser(stages, cfg.loss, cfg.eps)
+
+    def expected_cost(self) -> float | None:
+        """``cost_fn`` at the current w (None without a cost term)."""
+        if self.cost_fn is None:
+            return None
+        with torch.no_grad():
+            return float(self.cost_fn({label: m.arch_weights for label, m in self.sparse_modules().items()}))
+
+    def cost_penalty(self) -> torch.Tensor:
+        """``cost_weight * max(0, C(w) / cost_budget - 1)`` (:func:`~nni_sparsemask.nas.losses.budget_penalty`)
+        with ``C`` the kept architecture's cost and the expected cost's gradient
+        (:func:`~nni_sparsemask.nas.losses.kept_cost`), on w itself (not the noisy w of the forward); a constant 0
+        without a cost term."""
+        cfg = self.config
+        if self.cost_fn is None or cfg.cost_weight == 0:
+            return torch.zeros((), device=self.device)
+        w = {label: m.arch_weights for label, m in self.sparse_modules().items()}
+        cost = kept_cost(self.cost_fn, w, cfg.threshold)
+        self.log("expected_cost", cost.detach(), prog_bar=False)
+        return cfg.cost_weight * budget_penalty(cost, cfg.cost_budget)
+
+    def architecture_loss(self) -> torch.Tensor:
+        """Everything of L besides L_task: the regulariser plus the cost term."""
+        return self.regulariser() + self.cost_penalty()
 
     # ---- optimisation -----------------------------------------------------------------------------------
     def _checked_arch_parameters(self) -> list[nn.Parameter]:
@@ -160,12 +186,12 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
         self._reset_forward_weights()
         if cfg.arc_optimizer == "shared":  # joint (validated): one step of the one optimizer moves w too
             out, task = self._task_loss(batch, batch_idx)
-            reg = self.regulariser()
+            reg = self.architecture_loss()
             self.advance_optimization(task + reg, batch_idx, cfg.gradient_clip_val)
             self.clamp_weights()
         elif cfg.optimization == "joint":
             out, task = self._task_loss(batch, batch_idx)
-            reg = self.regulariser()
+            reg = self.architecture_loss()
             arc_optim.zero_grad()
             # zero_grad of the weight optimizer, one backward of L, step of the weight optimizer ...
             self.advance_optimization(task + reg, batch_idx, cfg.gradient_clip_val)
@@ -179,7 +205,7 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
             if self._arch_step_enabled():
                 arc_optim.zero_grad()
                 _, val_task = self._task_loss(val_batch, 2 * batch_idx)
-                reg = self.regulariser()
+                reg = self.architecture_loss()
                 self.manual_backward(val_task + reg)
                 arc_optim.step()
                 self.clamp_weights()

@@ -9,9 +9,13 @@ Notation: ``w`` is the 1-D tensor of the weights w_l = {w_t^l, t in T_l} of one 
     L_s(w, a)    = L_bp(w) + L_sp(w, a)             Eq. 2
     a_l          = min(2 / |T_l|, 0.5)              Eq. 5: each stage tends to keep about two inputs
     L1(w)        = sum_t |w_t|                      the L1 baseline of Fig. 4
+    L_c(C, B)    = max(0, C / B - 1)                cost-aware search: the cost C above the budget B, with
+    C(w)         = c(1[w > s]) + c(w) - sg(c(w))    the value of the kept architecture's cost, the gradient of
+                                                   the expected cost c(w) (sg: stop gradient; s: sigma)
 
 The regulariser of Eq. 3, ``L = L_task + lambda * sum_l R(w_l)``, is :func:`regulariser`; ``R`` is named by
-the strategy's ``loss`` (one of :data:`LOSSES`, see :func:`stage_regulariser`). Nothing here knows about NNI.
+the strategy's ``loss`` (one of :data:`LOSSES`, see :func:`stage_regulariser`). A cost-aware search adds
+``mu * L_c(E[cost](w), B)`` (:func:`budget_penalty`). Nothing here knows about NNI.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from collections.abc import Iterable
 import torch
 
 __all__ = ["DEFAULT_EPS", "LOSSES", "lm", "binary_loss", "sparsity_loss", "sparse_loss", "alpha_rule", "l1_loss",
-           "stage_regulariser", "regulariser"]
+           "stage_regulariser", "regulariser", "budget_penalty", "kept_cost"]
 
 DEFAULT_EPS = 1e-6
 #: the names of R(w) that :func:`stage_regulariser` knows (the strategy's ``loss`` setting)
@@ -130,3 +134,32 @@ def regulariser(stages: Iterable[tuple[torch.Tensor, float]], loss: str, eps: fl
     if not terms:
         raise ValueError("no stages: the regulariser sums over at least one stage's w")
     return torch.stack(terms).sum()
+
+
+def budget_penalty(cost: torch.Tensor, budget: float) -> torch.Tensor:
+    """``L_c(C, B) = max(0, C / B - 1)``: the relative excess of the expected cost ``C`` (a 0-d tensor, e.g. the
+    expected decoder latency under w) over the budget ``B > 0``.
+
+    Zero, with zero gradient, once the cost is within budget: below the budget the sparse loss alone decides; above
+    it every w is pushed down in proportion to how much its edge costs (the gradient of ``C`` over ``B``).
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+        raise ValueError(f"the cost budget must be a finite number > 0, got {budget!r}")
+    if cost.dim() != 0:
+        raise ValueError(f"the expected cost must be a scalar (0-d tensor), got shape {tuple(cost.shape)}")
+    return torch.relu(cost / budget - 1)
+
+
+def kept_cost(cost_fn, w: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
+    """``C(w) = c(1[w > sigma]) + c(w) - sg(c(w))``: the cost of the architecture pruning at ``threshold`` would
+    keep, as the value, with the gradient of the expected cost ``c(w)`` (straight through).
+
+    Why not ``c(w)`` alone: under a hinge on ``c(w)`` an expensive but useful input settles where ``c(w)`` meets the
+    budget, at a fractional w (0.2 on the toy space of the tests) that pruning keeps, so the kept network
+    misses the budget by the whole edge. With the kept cost, the pull lasts until the edge is really pruned.
+    ``cost_fn`` maps ``{label: w}`` to a 0-d tensor (e.g. the FDN's expected cost).
+    """
+    soft = cost_fn(w)
+    with torch.no_grad():
+        hard = cost_fn({label: (v > threshold).to(v.dtype) for label, v in w.items()})
+    return soft + (hard - soft).detach()

@@ -95,6 +95,10 @@ class SparseMask(OneShotStrategy):
     warmup_epochs: epochs that train only the network weights (w frozen).
     gradient_clip_val: optional gradient clipping of the network weights.
     other_choices: ``'darts'`` hands other mutables to NNI's DARTS supermodules; ``'error'`` refuses them.
+    cost_fn, cost_budget, cost_weight: a cost-aware search. ``cost_fn({label: w}) -> 0-d tensor`` is the expected
+        cost of the architecture under w (differentiable; e.g. ``functools.partial(fdn.costmodel.expected_cost,
+        table=...)`` for an FDN space); the loss gains ``cost_weight * max(0, cost_fn(w) / cost_budget - 1)``
+        (:func:`~nni_sparsemask.nas.losses.budget_penalty`). All three or none (default: the paper's loss only).
     undecided_warn_fraction: warn at the end when more than this fraction of w is still in (threshold, 0.999).
     log_every_n_steps: how often w is logged (``prob/<label>/<t>``).
     run_dir: where checkpoints and results go (``None``: nothing written, no resume).
@@ -110,6 +114,7 @@ class SparseMask(OneShotStrategy):
                  bn_momentum: float = _D.bn_momentum, alpha: float | None = _D.alpha, init: float = _D.init, init_noise: float = _D.init_noise,
                  eps: float = _D.eps, seed: int = _D.seed, warmup_epochs: int = _D.warmup_epochs,
                  gradient_clip_val: float | None = _D.gradient_clip_val, other_choices: str = _D.other_choices,
+                 cost_fn: Any = None, cost_budget: float | None = _D.cost_budget, cost_weight: float = _D.cost_weight,
                  undecided_warn_fraction: float = _D.undecided_warn_fraction,
                  log_every_n_steps: int = _D.log_every_n_steps,
                  run_dir: str | os.PathLike | None = None, mutation_hooks: list | None = None, **kwargs: Any):
@@ -119,8 +124,15 @@ class SparseMask(OneShotStrategy):
             arc_momentum=arc_momentum, arc_weight_decay=arc_weight_decay, arc_noise=arc_noise,
             noisy_penalty=noisy_penalty, freeze_bn=freeze_bn, bn_momentum=bn_momentum, alpha=alpha, init=init, init_noise=init_noise, eps=eps, seed=seed,
             warmup_epochs=warmup_epochs, gradient_clip_val=gradient_clip_val, other_choices=other_choices,
+            cost_budget=cost_budget, cost_weight=cost_weight,
             undecided_warn_fraction=undecided_warn_fraction, log_every_n_steps=log_every_n_steps)
         self.config.validate()
+        if (cost_fn is None) != (cost_budget is None):
+            raise ValueError("a cost-aware search needs both cost_fn (the expected cost of w) and cost_budget; "
+                             f"got {'cost_fn' if cost_fn is not None else 'cost_budget'} only")
+        if cost_fn is not None and not callable(cost_fn):
+            raise ValueError(f"cost_fn must be callable ({{label: w}} -> 0-d tensor), got {type(cost_fn).__name__}")
+        self.cost_fn = cost_fn
         super().__init__(mutation_hooks=mutation_hooks, **kwargs)
         self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
         self._arch_memo: dict[str, Any] = {}
@@ -134,7 +146,7 @@ class SparseMask(OneShotStrategy):
     # ---- supernet ---------------------------------------------------------------------------------------
     def configure_oneshot_module(self, training_module: LightningModule) -> BaseOneShotLightningModule:
         return SparseMaskLightningModule(training_module, self.config,
-                                         str(self.run_dir) if self.run_dir is not None else None)
+                                         str(self.run_dir) if self.run_dir is not None else None, self.cost_fn)
 
     def default_mutation_hooks(self) -> list:
         hooks: list = [SparseMixedInput.mutate]
@@ -255,6 +267,10 @@ class SparseMask(OneShotStrategy):
     def history(self) -> list[dict[str, list[float]]]:
         """w after every training epoch (entry e is after epoch e), for the Fig. 5 heatmaps."""
         return [dict(h) for h in self._module().history]
+
+    def expected_cost(self) -> float | None:
+        """``cost_fn`` at the current w (None without a cost term)."""
+        return self._module().expected_cost()
 
     def binarization(self) -> dict[str, Any]:
         """:func:`binarization_report` of the current w at ``threshold``."""

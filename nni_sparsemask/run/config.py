@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "SearchConfig", "EvalConfig", "PretrainConfig", "DATASETS", "PRETRAINED", "DEFAULT_ARC_LR",
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "SearchConfig", "EvalConfig", "PretrainConfig", "DATASETS", "PRETRAINED", "DEFAULT_ARC_LR", "COSTS",
            "DEFAULT_BACKBONE_KWARGS", "default_backbone_kwargs", "checked_fields", "config_from_dict"]
 
 #: constructor arguments a backbone gets when none are given (the demo's small convnet); others get none
@@ -190,6 +190,9 @@ def _check_scene_size(owner: str, size: int) -> None:
                          f"{DigitScenesConfig.digit_scale[0]} of the side, must be 8 px at least), got {size!r}")
 
 
+#: the costs a cost-aware search can use (``measure.latency`` kinds)
+COSTS = ("latency", "bytes", "flops")
+
 #: w's learning rate when none is given, by ``arc_optimizer`` (``shared``: None, the decoder group's)
 DEFAULT_ARC_LR: dict[str, Optional[float]] = {"shared": None, "adam": 0.02, "sgd": 0.02}
 
@@ -208,6 +211,14 @@ class SearchConfig:
         arc_noise: std of the noise on w in training forwards (0 turns it off; MaskConnect always uses 0).
         arc_weight_decay: weight decay on w.
         freeze_bn: nearly freeze BatchNorm during the search (the official code's setting).
+        cost: a cost-aware search (:mod:`.costaware`): ``latency`` (timed on the FPS device), ``bytes`` or
+            ``flops`` (counted), or None (the paper's loss only).
+        target_fps: with ``cost='latency'``: the whole network's target FPS at ``cost_size``.
+        budget: the decoder's cost budget as a fraction of the dense decoder's (any ``cost``).
+        cost_weight: mu of the cost term ``mu * max(0, E[cost] / budget - 1)``.
+        cost_size: input side the costs are profiled at (the FPS side).
+        cost_table: a cost table file (``sparsemask profile``) instead of profiling; refused when made for
+            another device, size or space.
     """
 
     epochs: int = 15
@@ -217,9 +228,16 @@ class SearchConfig:
     arc_noise: float = 0.0
     arc_weight_decay: float = 0.0
     freeze_bn: bool = False
+    cost: Optional[str] = None
+    target_fps: Optional[float] = None
+    budget: Optional[float] = None
+    cost_weight: float = 1.0
+    cost_size: int = 512
+    cost_table: Optional[str] = None
 
     def __post_init__(self) -> None:
         _positive_int("search", "epochs", self.epochs)
+        self._check_cost()
         _positive_number("search", "learning_rate", self.learning_rate)
         from nni_sparsemask.nas.config import ARC_OPTIMIZERS  # here: reading the defaults (--help) needs no torch
         if self.arc_optimizer not in ARC_OPTIMIZERS:
@@ -237,6 +255,30 @@ class SearchConfig:
         _non_negative_number("search", "arc_weight_decay", self.arc_weight_decay)
         if not isinstance(self.freeze_bn, bool):
             raise ValueError(f"search freeze_bn must be true or false, got {self.freeze_bn!r}")
+
+    def _check_cost(self) -> None:
+        if self.cost is None:
+            given = [n for n in ("target_fps", "budget", "cost_table") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"search {', '.join(given)} need a cost (--cost {'|'.join(COSTS)})")
+            return
+        if self.cost not in COSTS:
+            raise ValueError(f"unknown search cost {self.cost!r}; use one of {', '.join(COSTS)}")
+        if (self.target_fps is None) == (self.budget is None):
+            raise ValueError("a cost-aware search needs exactly one of a target FPS (--target-fps, with --cost latency) "
+                             "and a budget (--budget, a fraction of the dense decoder's cost)")
+        if self.target_fps is not None:
+            if self.cost != "latency":
+                raise ValueError(f"--target-fps is a latency target; with --cost {self.cost} give --budget (a fraction "
+                                 "of the dense decoder's cost) instead")
+            _positive_number("search", "target_fps", self.target_fps)
+        if self.budget is not None:
+            _positive_number("search", "budget", self.budget)
+            if self.budget >= 1:
+                raise ValueError(f"search budget is a fraction of the dense decoder's cost, in (0, 1); got "
+                                 f"{self.budget!r} (1 or more would let the dense decoder through)")
+        _positive_number("search", "cost_weight", self.cost_weight)
+        _positive_int("search", "cost_size", self.cost_size)
 
     def strategy_options(self, noise: bool = True) -> dict[str, Any]:
         """The keyword arguments of the one-shot strategy that say how w is trained (``noise=False``: a strategy

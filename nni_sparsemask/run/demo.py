@@ -44,6 +44,10 @@ class DemoConfig:
     arc_noise: float = SearchConfig.arc_noise
     arc_weight_decay: float = SearchConfig.arc_weight_decay
     freeze_bn: bool = SearchConfig.freeze_bn
+    cost: Optional[str] = SearchConfig.cost            # a cost-aware search (costs taken at fps_size)
+    target_fps: Optional[float] = SearchConfig.target_fps
+    budget: Optional[float] = SearchConfig.budget
+    cost_weight: float = SearchConfig.cost_weight
     lambda_sparse: float = SparseMaskConfig.lambda_sparse
     decoder_channels: int = ModelConfig.decoder_channels
     threshold: float = SparseMaskConfig.threshold
@@ -71,7 +75,9 @@ class DemoConfig:
         """The search's schedule and w settings."""
         return SearchConfig(epochs=self.search_epochs, learning_rate=self.learning_rate,
                             arc_optimizer=self.arc_optimizer, arc_learning_rate=self.arc_learning_rate,
-                            arc_noise=self.arc_noise, arc_weight_decay=self.arc_weight_decay, freeze_bn=self.freeze_bn)
+                            arc_noise=self.arc_noise, arc_weight_decay=self.arc_weight_decay, freeze_bn=self.freeze_bn,
+                            cost=self.cost, target_fps=self.target_fps, budget=self.budget,
+                            cost_weight=self.cost_weight, cost_size=self.fps_size)
 
 
 def fps_side_by_side(runs: dict[str, Path], size: int, rounds: int = 5, seconds: float = 1.0,

@@ -62,8 +62,13 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     schedule = schedule if schedule is not None else SearchConfig()
     check_strategy_space(strategy, params, len(check_inputs(data, model)))  # all checked before the run dir
     config = _base_config("search", strategy, params, int(params.get("seed", 0)), data, model)
+    term = None
     if entry.kind == "oneshot":
         config["search"] = dataclasses.asdict(schedule)
+        term = _cost_term(schedule, data, model, accelerator, log)  # a target no decoder reaches: refused here
+    elif schedule.cost is not None:
+        raise ValueError(f"strategy {strategy!r} samples decoders without training w: --cost applies to the "
+                         "one-shot strategies (sparsemask, l1, maskconnect)")
     run = RunDir(out, config, overwrite=overwrite, resume=resume)
     if run.resumed and run.file(SEARCH_DONE).is_file():
         log(f"[search] {run.path} is already finished; its results are kept as they are")
@@ -73,8 +78,8 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     if entry.kind == "sampler":
         conn, summary = _sample(run, strategy, params, model, meta, t0)
     else:
-        conn, summary = _search_oneshot(run, strategy, params, data, model, meta, schedule, t0, progress=progress,
-                                        accelerator=accelerator, log=log)
+        conn, summary = _search_oneshot(run, strategy, params, data, model, meta, schedule, t0, term,
+                                        progress=progress, accelerator=accelerator, log=log)
     conn.to_json(run.file("connectivity.json"), overwrite=True)
     run.write_json(SEARCH_DONE, summary)
     return summary
@@ -98,9 +103,23 @@ def _sample(run: RunDir, strategy: str, params: dict[str, Any], model: ModelConf
                       "edges": [c.num_edges for c in conns], "search_seconds": time.time() - t0}
 
 
+def _cost_term(schedule: SearchConfig, data: DataConfig, model: ModelConfig, accelerator: str, log: Log) -> Any:
+    """The cost term of a cost-aware search (None without ``--cost``), from a space without weights: costs do not
+    depend on them, and so a bad target is refused before anything is trained or written."""
+    if schedule.cost is None:
+        return None
+    from nni_sparsemask.fdn.space import FDNSpace
+    from nni_sparsemask.run.costaware import cost_term
+    from nni_sparsemask.run.pipeline import default_device
+
+    space = FDNSpace(model.backbone, num_classes=data.num_classes, decoder_channels=model.decoder_channels,
+                     backbone_kwargs=model.backbone_kwargs)
+    return cost_term(schedule, space, "cpu" if accelerator == "cpu" else default_device(), log)
+
+
 def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: DataConfig, model: ModelConfig,
-                    meta: dict[str, Any], schedule: SearchConfig, t0: float, *, progress: bool, accelerator: str,
-                    log: Log) -> tuple[Connectivity, dict[str, Any]]:
+                    meta: dict[str, Any], schedule: SearchConfig, t0: float, term: Any, *, progress: bool,
+                    accelerator: str, log: Log) -> tuple[Connectivity, dict[str, Any]]:
     """A one-shot search (``NasExperiment``) of the FDN space, its own files in ``search/``: the pruned
     connectivity and the summary (timed from ``t0``); ``connectivity_full.json`` and the w heatmap are written
     here."""
@@ -120,7 +139,8 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
                              accelerator=accelerator, enable_checkpointing=False, logger=False,
                              enable_progress_bar=progress, enable_model_summary=False)
     strat = build_strategy(strategy, params, run_dir=run.file("search"),
-                           **schedule.strategy_options(noise=STRATEGIES.get(strategy).noise_on_w))
+                           **schedule.strategy_options(noise=STRATEGIES.get(strategy).noise_on_w),
+                           **(term.strategy_options() if term is not None else {}))
     log(f"[search] {strategy} {params}: {schedule.epochs} epochs on {data.dataset} ({data.train_scenes} scenes, "
         f"{data.image_size}px), run dir {run.path}")
     NasExperiment(space, evaluator, strat).run()
@@ -132,6 +152,13 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
     summary = {"method": strategy, "params": params, "edges": conn.num_edges, "stages": len(conn.stages()),
                "binarization": gap, "binarization_gap": gap.get("gap"), "weights": strat.weights(),
                "search_seconds": time.time() - t0}
+    if term is not None:
+        summary["cost"] = dict(term.summary, expected_decoder_cost=strat.expected_cost(),
+                               searched=term.table.predict(conn, include_base=True))
+        if schedule.cost == "latency":
+            fps = 1.0 / summary["cost"]["searched"]
+            summary["cost"]["searched_fps"] = fps
+            log(f"[search] the searched decoder is predicted at {fps:.1f} FPS (target {schedule.target_fps or '-'})")
     _heatmap(full, run.file("w_heatmap.png"), strategy, log)
     return conn, summary
 

@@ -1,4 +1,4 @@
-"""The ``sparsemask`` command: ``pretrain | search | prune | retrain | evaluate | demo | report``.
+"""The ``sparsemask`` command: ``pretrain | search | prune | retrain | evaluate | demo | report | convert | profile``.
 
 Argument parsing only; the work is in :mod:`.workflow` (search, prune, retrain, evaluate), :mod:`.demo` and
 :mod:`.pretrain`. Every command writes a run directory (``--out``) that is never overwritten without
@@ -10,138 +10,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
 import sys
 import threading
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
-# Every default below is read from the typed configs (nni_sparsemask.run.config, .pretrain, .demo), the one
-# place defaults live; --help prints them (ArgumentDefaultsHelpFormatter) and a test compares the two.
-def _configs():
-    from nni_sparsemask.run import config
-    return config
+from nni_sparsemask.cli.options import (Help, add_arc, add_cost, add_data, add_fps, add_model, add_run, add_schedule,
+                                        arc_settings, backbone_kwargs, configs, cost_settings, data_config,
+                                        model_config)
 
+# Every default is read from the typed configs (nni_sparsemask.run.config, .pretrain, .demo), the one place
+# defaults live; --help prints them (ArgumentDefaultsHelpFormatter) and a test compares the two.
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Prints each option's default, as read from the configs."""
-
-
-# ------------------------------------------------------------------------------------------------ arguments
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width_mult\": 0.5}}', got {text!r}")
-    return value
-
-
-def _add_data(p: argparse.ArgumentParser) -> None:
-    d = _configs().DataConfig
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, help="digitscenes (built in) or voc")
-    g.add_argument("--data-root", default=d.root, help="VOC: folder holding VOCdevkit/VOC2012")
-    g.add_argument("--sbd-root", default=d.sbd_root, help="VOC: SBD benchmark_RELEASE folder, for train_aug")
-    g.add_argument("--task", default=d.task, help="DigitScenes view: segmentation, saliency or edges")
-    g.add_argument("--image-size", type=int, default=d.image_size, help="DigitScenes side / VOC crop")
-    g.add_argument("--train-scenes", type=int, default=d.train_scenes, help="DigitScenes training scenes")
-    g.add_argument("--val-scenes", type=int, default=d.val_scenes, help="DigitScenes val scenes")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (evaluation: 4x)")
-
-
-def _add_model(p: argparse.ArgumentParser) -> None:
-    c = _configs()
-    m = c.ModelConfig
-    g = p.add_argument_group("model")
-    g.add_argument("--backbone", default=m.backbone, help="encoder: convnet, mobilenet_v2, resnet18, ...")
-    g.add_argument("--backbone-kwargs", type=_json_object, default=None,
-                   help="JSON constructor arguments of the backbone (None: "
-                        f"{json.dumps(c.DEFAULT_BACKBONE_KWARGS)} by backbone, others none)")
-    g.add_argument("--backbone-weights", default=m.backbone_weights,
-                   help="'pretrained' (cached DigitScenes classifier, see `sparsemask pretrain`), a state_dict "
-                        "file, a torchvision weights name, or 'none'")
-    g.add_argument("--decoder-channels", type=int, default=m.decoder_channels, help="C_dec of the decoder stages")
-
-
-def _add_run(p: argparse.ArgumentParser, resume: bool = True) -> None:
-    p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    if resume:
-        p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _add_schedule(p: argparse.ArgumentParser, schedule: Any) -> None:
-    """``--epochs``, ``--lr`` and ``--seed`` with the defaults of ``schedule`` (SearchConfig or TrainConfig)."""
-    p.add_argument("--epochs", type=int, default=schedule.epochs, help="passes over the training set")
-    p.add_argument("--lr", type=float, default=schedule.learning_rate, help="encoder learning rate (decoder x10)")
-    p.add_argument("--seed", type=int, default=_configs().TrainConfig.seed,
-                   help="seeds the data, the initial weights and every epoch")
-
-
-def _add_arc(p: argparse.ArgumentParser, defaults: Any) -> None:
-    """How the search trains w: ``--arc-optimizer``, ``--arc-lr``, ``--arc-noise``, ``--arc-weight-decay``,
-    ``--freeze-bn``, with the defaults of ``defaults`` (SearchConfig or DemoConfig)."""
-    c = _configs()
-    p.add_argument("--arc-optimizer", choices=sorted(c.DEFAULT_ARC_LR), default=defaults.arc_optimizer,
-                   help="shared: w is a parameter group of the network's SGD (momentum, poly schedule, the decoder's "
-                        "lr; the official recipe); adam / sgd: an optimizer of w's own")
-    p.add_argument("--arc-lr", type=float, default=None,
-                   help="learning rate of w (None: " + ", ".join(f"{k} {'the decoder lr' if v is None else v}"
-                                                                 for k, v in c.DEFAULT_ARC_LR.items())
-                        + (f"; here {defaults.arc_learning_rate}" if defaults.arc_learning_rate is not None
-                           and defaults.arc_learning_rate != c.DEFAULT_ARC_LR.get(defaults.arc_optimizer) else "")
-                        + ")")
-    p.add_argument("--arc-noise", type=float, default=defaults.arc_noise,
-                   help="std of the noise on w in training forwards (0: off)")
-    p.add_argument("--arc-weight-decay", type=float, default=defaults.arc_weight_decay, help="weight decay on w")
-    p.add_argument("--freeze-bn", action="store_true", default=defaults.freeze_bn,
-                   help="nearly freeze BatchNorm during the search (the official code)")
-
-
-def _arc_settings(args, defaults: Any = None) -> dict[str, Any]:
-    """The w settings of the parsed ``_add_arc`` flags; an unset ``--arc-lr`` is ``defaults``' value when the
-    optimizer is ``defaults``' own, else that optimizer's default."""
-    lr = args.arc_lr
-    if lr is None:
-        same = defaults is not None and defaults.arc_optimizer == args.arc_optimizer
-        lr = defaults.arc_learning_rate if same else _configs().DEFAULT_ARC_LR[args.arc_optimizer]
-    return {"arc_optimizer": args.arc_optimizer, "arc_learning_rate": lr, "arc_noise": args.arc_noise,
-            "arc_weight_decay": args.arc_weight_decay, "freeze_bn": args.freeze_bn}
-
-
-def _add_fps(p: argparse.ArgumentParser, default: Optional[int] = None) -> None:
-    e = _configs().EvalConfig
-    p.add_argument("--fps-size", type=int, default=default or e.fps_size, help="FPS input side")
-    p.add_argument("--fps-batch", type=int, default=e.fps_batch, help="FPS batch size")
-
-
-def _data(args):
-    return _configs().DataConfig(dataset=args.dataset, root=args.data_root, sbd_root=args.sbd_root,
-                                 image_size=args.image_size, train_scenes=args.train_scenes,
-                                 val_scenes=args.val_scenes, batch_size=args.batch_size, task=args.task,
-                                 seed=getattr(args, "seed", 0) or 0)
-
-
-def _backbone_kwargs(args) -> dict[str, Any]:
-    return args.backbone_kwargs if args.backbone_kwargs is not None else \
-        _configs().default_backbone_kwargs(args.backbone)
-
-
-def _model(args):
-    weights = None if str(args.backbone_weights).lower() == "none" else args.backbone_weights
-    return _configs().ModelConfig(backbone=args.backbone, backbone_kwargs=_backbone_kwargs(args),
-                                  backbone_weights=weights, decoder_channels=args.decoder_channels)
-
-
-# ------------------------------------------------------------------------------------------------ commands
 def _pretrain(args) -> int:
     from nni_sparsemask.run.config import PretrainConfig
     from nni_sparsemask.run.pretrain import cached_weights_path, pretrain_backbone
 
-    cfg = PretrainConfig(backbone=args.backbone, backbone_kwargs=_backbone_kwargs(args), image_size=args.image_size,
+    cfg = PretrainConfig(backbone=args.backbone, backbone_kwargs=backbone_kwargs(args), image_size=args.image_size,
                          num_scenes=args.scenes, epochs=args.epochs, lr=args.lr, seed=args.seed)
     out = args.out or cached_weights_path(cfg)
     result = pretrain_backbone(cfg, out, progress=not args.no_progress, overwrite=args.overwrite)
@@ -155,8 +40,9 @@ def _search(args) -> int:
 
     strategy_args = {"lambda_sparse": args.lambda_sparse, "threshold": args.threshold, "k": args.k,
                      "samples": args.samples, "density": args.density, "seed": args.seed}
-    schedule = _configs().SearchConfig(epochs=args.epochs, learning_rate=args.lr, **_arc_settings(args))
-    summary = run_search(args.out, args.strategy, strategy_args, _data(args), _model(args), schedule,
+    schedule = configs().SearchConfig(epochs=args.epochs, learning_rate=args.lr, **arc_settings(args),
+                                       **cost_settings(args))
+    summary = run_search(args.out, args.strategy, strategy_args, data_config(args), model_config(args), schedule,
                          overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     edges = summary.get("edges")
     print(f"[search] {args.strategy}: kept edges {edges}; binarisation gap {summary.get('binarization_gap', '-')}; "
@@ -187,8 +73,8 @@ def _print_metrics(title: str, m: dict) -> None:
 def _retrain(args) -> int:
     from nni_sparsemask.run.steps import run_retrain
 
-    train = _configs().TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
-    m = run_retrain(args.out, _data(args), _model(args), train, connectivity=args.connectivity,
+    train = configs().TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
+    m = run_retrain(args.out, data_config(args), model_config(args), train, connectivity=args.connectivity,
                     decoder=args.decoder, fps_size=args.fps_size, fps_batch=args.fps_batch,
                     overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     _print_metrics(f"[retrain] {m['method']}", m)
@@ -209,7 +95,7 @@ def _demo(args) -> int:
 
     cfg = DemoConfig(search_epochs=args.search_epochs, retrain_epochs=args.retrain_epochs,
                      train_scenes=args.train_scenes, image_size=args.image_size, lambda_sparse=args.lambda_sparse,
-                     **_arc_settings(args, DemoConfig), decoder_channels=args.decoder_channels, threshold=args.threshold,
+                     **arc_settings(args, DemoConfig), **cost_settings(args), decoder_channels=args.decoder_channels, threshold=args.threshold,
                      seed=args.seed, baselines=tuple(args.baselines),
                      pretrain_scenes=args.pretrain_scenes, pretrain_epochs=args.pretrain_epochs,
                      fps_size=args.fps_size)
@@ -236,13 +122,13 @@ def _strategy_default(strategy: str, arg: str) -> Any:
 
 
 def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, formatter_class=_Help)
+    return sub.add_parser(name, help=help, formatter_class=Help)
 
 
 def _add_pretrain_command(sub: Any) -> None:
-    pre = _configs().PretrainConfig
+    pre = configs().PretrainConfig
     p = _command(sub, "pretrain", "pre-train a backbone as a DigitScenes digit classifier (cached)")
-    _add_model(p)
+    add_model(p)
     p.add_argument("--image-size", type=int, default=pre.image_size, help="side of the one-digit scenes")
     p.add_argument("--scenes", type=int, default=pre.num_scenes, help="one-digit training scenes")
     p.add_argument("--epochs", type=int, default=pre.epochs, help="pre-training epochs")
@@ -255,7 +141,7 @@ def _add_pretrain_command(sub: Any) -> None:
 
 
 def _add_search_command(sub: Any) -> None:
-    c = _configs()
+    c = configs()
     p = _command(sub, "search", "search a decoder: sparsemask, l1, maskconnect, random or rand_rule")
     p.add_argument("--strategy", default="sparsemask", help="sparsemask, l1, maskconnect, random or rand_rule")
     p.add_argument("--lambda-sparse", "--lambda", dest="lambda_sparse", type=float, default=None,
@@ -270,11 +156,12 @@ def _add_search_command(sub: Any) -> None:
                    help=f"random / rand_rule: decoders sampled (None: {_strategy_default('random', 'samples')})")
     p.add_argument("--density", type=float, default=None,
                    help=f"random / rand_rule: edge probability (None: {_strategy_default('random', 'density')})")
-    _add_schedule(p, c.SearchConfig)
-    _add_arc(p, c.SearchConfig)
-    _add_data(p)
-    _add_model(p)
-    _add_run(p)
+    add_schedule(p, c.SearchConfig)
+    add_arc(p, c.SearchConfig)
+    add_cost(p, c.SearchConfig)
+    add_data(p)
+    add_model(p)
+    add_run(p)
     p.set_defaults(func=_search)
 
 
@@ -292,18 +179,18 @@ def _add_retrain_command(sub: Any) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--connectivity", help="connectivity.json of a search or prune run")
     which.add_argument("--decoder", help="fcn, unet, sparseacn, deeplabv3 or fdn")
-    _add_schedule(p, _configs().TrainConfig)
-    _add_data(p)
-    _add_model(p)
-    _add_fps(p)
-    _add_run(p)
+    add_schedule(p, configs().TrainConfig)
+    add_data(p)
+    add_model(p)
+    add_fps(p)
+    add_run(p)
     p.set_defaults(func=_retrain)
 
 
 def _add_evaluate_command(sub: Any) -> None:
     p = _command(sub, "evaluate", "evaluate a finished retrain run again (mIoU, params, FPS)")
     p.add_argument("run")
-    _add_fps(p)
+    add_fps(p)
     p.add_argument("--device", default=None, help="cpu or cuda (None: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing evaluate.json")
     p.add_argument("--no-progress", action="store_true")
@@ -324,7 +211,8 @@ def _add_demo_command(sub: Any) -> None:
     p.add_argument("--train-scenes", type=int, default=d.train_scenes, help="DigitScenes training scenes")
     p.add_argument("--image-size", type=int, default=d.image_size, help="DigitScenes side")
     p.add_argument("--lambda-sparse", type=float, default=d.lambda_sparse, help="lambda of SparseMask's loss")
-    _add_arc(p, d)
+    add_arc(p, d)
+    add_cost(p, d, size=False)
     p.add_argument("--decoder-channels", type=int, default=d.decoder_channels, help="C_dec of every network")
     p.add_argument("--threshold", type=float, default=d.threshold, help="sigma: keep edges with w >= sigma")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds data, weights and every epoch")
@@ -359,6 +247,38 @@ def _convert(args) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    from nni_sparsemask.run.costaware import profile_model
+    from nni_sparsemask.run.pipeline import check_eval_device, default_device
+
+    check_eval_device(args.device)
+    device = args.device or default_device()
+    table, path, predicted = profile_model(model_config(args), data_config(args).num_classes, args.kind, args.size,
+                                           device, args.out, overwrite=args.overwrite, refresh=args.refresh)
+    unit = table.costs.unit
+    print(f"[profile] {args.kind} of {len(table.costs.labels())} decoder stages at {args.size}px"
+          f"{' on ' + table.key.device if table.key.device else ''}: {path}")
+    for name in ("dense", "fcn"):
+        label = {"dense": "dense FDN", "fcn": "FCN"}[name]
+        extra = f" = {1 / predicted[name]:.1f} FPS" if args.kind == "latency" else ""
+        print(f"[profile] {label}: {predicted[name]:.4g} {unit} (encoder + head {predicted['base']:.4g}){extra}")
+    return 0
+
+
+def _add_profile_command(sub: Any) -> None:
+    p = _command(sub, "profile", "measure the per-edge cost table a cost-aware search (search --cost) uses")
+    p.add_argument("--kind", default="latency", choices=["latency", "bytes", "flops", "ops"],
+                   help="latency (timed on --device) or counted bytes written / FLOPs / operator calls")
+    p.add_argument("--size", type=int, default=configs().SearchConfig.cost_size, help="input side")
+    p.add_argument("--device", default=None, help="cpu or cuda (None: CUDA when there is one)")
+    p.add_argument("--out", default=None, help="table file (None: the cache search --cost reads)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out")
+    p.add_argument("--refresh", action="store_true", help="profile again into the cache")
+    add_data(p)
+    add_model(p)
+    p.set_defaults(func=_profile)
+
+
 def _add_convert_command(sub: Any) -> None:
     p = _command(sub, "convert", "import a mask of the official SparseMask code (.npy) as a connectivity.json")
     p.add_argument("mask", help="bool array (L, L, 2) saved by the official code, e.g. mask_thres_0.001.npy")
@@ -370,7 +290,7 @@ def _add_convert_command(sub: Any) -> None:
 
 #: the subcommands in the order ``--help`` lists them (``compare`` is added by the comparison layer)
 _COMMANDS = (_add_pretrain_command, _add_search_command, _add_prune_command, _add_retrain_command,
-             _add_evaluate_command, _add_demo_command, _add_report_command, _add_convert_command)
+             _add_evaluate_command, _add_demo_command, _add_report_command, _add_convert_command, _add_profile_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

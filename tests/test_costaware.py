@@ -1,0 +1,155 @@
+"""The cost-aware search: the budget penalty (by hand), the strategy's cost term on a toy space, and the run layer's
+--cost / --target-fps / --budget (targets, tables, bad input before anything is written)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nni_sparsemask.nas.losses import budget_penalty, kept_cost
+from nni_sparsemask.run.config import DataConfig, ModelConfig, SearchConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ModelConfig(backbone="convnet", backbone_kwargs={"widths": [4, 6, 8, 10, 12]}, backbone_weights=None,
+                    decoder_channels=4)
+DATA = DataConfig(image_size=32, train_scenes=32, val_scenes=8, batch_size=8)
+QUIET = dict(progress=False, log=lambda s: None, accelerator="cpu")
+
+
+def _toy():
+    spec = importlib.util.spec_from_file_location("search_recipe", ROOT / "benchmarks" / "search_recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path / "cache"))
+
+
+# ------------------------------------------------------------------------------------------------ the loss
+def test_budget_penalty_by_hand():
+    assert budget_penalty(torch.tensor(3.0), 2.0).item() == pytest.approx(0.5)
+    assert budget_penalty(torch.tensor(1.0), 2.0).item() == 0.0
+    c = torch.tensor(4.0, requires_grad=True)
+    budget_penalty(c, 2.0).backward()
+    assert c.grad.item() == pytest.approx(0.5)  # d/dC (C / B - 1) = 1 / B
+    c = torch.tensor(1.0, requires_grad=True)
+    budget_penalty(c, 2.0).backward()
+    assert c.grad.item() == 0.0  # within budget: no pull at all
+
+
+@pytest.mark.parametrize("budget", [0, -1.0, float("nan"), True])
+def test_budget_penalty_refuses_bad_budgets(budget):
+    with pytest.raises(ValueError, match="budget must be a finite number > 0"):
+        budget_penalty(torch.tensor(1.0), budget)
+
+
+def test_strategy_needs_cost_fn_and_budget_together():
+    from nni_sparsemask.nas.strategy import SparseMask
+
+    with pytest.raises(ValueError, match="needs both cost_fn"):
+        SparseMask(cost_budget=1.0)
+    with pytest.raises(ValueError, match="needs both cost_fn"):
+        SparseMask(cost_fn=lambda w: sum(v.sum() for v in w.values()))
+    with pytest.raises(ValueError, match="cost_budget must be None"):
+        SparseMask(cost_fn=lambda w: 0, cost_budget=-1.0)
+
+
+def test_kept_cost_is_the_pruned_cost_with_the_expected_gradient():
+    costs = torch.tensor([10.0, 1.0, 1.0])
+    w = {"a": torch.tensor([0.2, 0.0005, 0.9], requires_grad=True)}
+    c = kept_cost(lambda w: (w["a"] * costs).sum(), w, 1e-3)
+    assert c.item() == pytest.approx(11.0)  # inputs 0 and 2 are kept (w > sigma)
+    c.backward()
+    assert w["a"].grad.tolist() == pytest.approx(costs.tolist())  # the gradient of sum c_i w_i
+
+
+def test_cost_term_moves_the_search_off_an_expensive_input():
+    """Toy space (``benchmarks/search_recipe.py``): inputs 0 and 3 carry the class, and the default search keeps
+    exactly {0, 3} (``test_recipe``). When input 0 costs 10 and the others 1, with a budget of 3, the search drops
+    input 0 and the kept inputs fit the budget. (With the expected cost alone as the value, w_0 settled at 0.2,
+    where 10 w_0 + 1 meets the budget, and pruning kept input 0: a network costing 11.)"""
+    toy = _toy()
+    costs = torch.tensor([10.0, 1, 1, 1, 1, 1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        aware = toy.search(0, cost_fn=lambda w: (w["inputs"] * costs).sum(), cost_budget=3.0, cost_weight=1.0)
+    finally:
+        torch.set_num_threads(threads)
+    kept = aware.export()["inputs"]
+    assert 0 not in kept and 3 in kept, aware.weights()
+    assert sum(costs[i].item() for i in kept) <= 3.0
+    assert aware.expected_cost() <= 3.0
+
+
+# ------------------------------------------------------------------------------------------------ the run layer
+@pytest.mark.parametrize("kwargs,match", [
+    ({"cost": "energy", "budget": 0.5}, "unknown search cost 'energy'"),
+    ({"cost": "bytes", "target_fps": 30.0}, "--target-fps is a latency target"),
+    ({"cost": "latency"}, "exactly one of a target FPS"),
+    ({"cost": "latency", "target_fps": 30.0, "budget": 0.5}, "exactly one of a target FPS"),
+    ({"cost": "latency", "target_fps": 0.0}, "target_fps must be a finite number > 0"),
+    ({"cost": "latency", "target_fps": -5.0}, "target_fps must be a finite number > 0"),
+    ({"cost": "flops", "budget": 1.0}, "budget is a fraction"),
+    ({"budget": 0.5}, "need a cost"),
+    ({"cost_table": "t.json"}, "need a cost"),
+])
+def test_search_config_refuses_bad_cost_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SearchConfig(**kwargs)
+
+
+def _search(tmp_path, name, **schedule):
+    from nni_sparsemask.run.steps import run_search
+
+    cfg = SearchConfig(epochs=1, learning_rate=0.01, cost_size=32, **schedule)
+    return run_search(tmp_path / name, "sparsemask", {}, DATA, MODEL, cfg, **QUIET)
+
+
+def test_a_target_above_fcn_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"above what the fastest decoder of this space reaches: FCN is predicted"):
+        _search(tmp_path, "run", cost="latency", target_fps=1e9)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_table_made_for_another_size_is_refused(tmp_path):
+    from nni_sparsemask.run.costaware import profile_model
+
+    _, path, _ = profile_model(MODEL, DATA.num_classes, "flops", 64, "cpu", str(tmp_path / "t64.json"))
+    with pytest.raises(ValueError, match=r"made for another setting \(input_size: table \[64, 64\], wanted \[32, 32\]"):
+        _search(tmp_path, "run", cost="flops", budget=0.5, cost_table=str(path))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="does not accept|samples decoders without training w"):
+        from nni_sparsemask.run.steps import run_search
+        run_search(tmp_path / "rand", "random", {}, DATA, MODEL, SearchConfig(cost="flops", budget=0.5), **QUIET)
+
+
+def test_cost_aware_search_records_its_budget_and_prediction(tmp_path):
+    summary = _search(tmp_path, "run", cost="flops", budget=0.4)
+    cost = summary["cost"]
+    assert cost["cost"] == "flops" and cost["budget_fraction"] == pytest.approx(0.4)
+    assert cost["predicted"]["fcn"] < cost["predicted"]["dense"]
+    assert cost["decoder_budget"] == pytest.approx(0.4 * (cost["predicted"]["dense"] - cost["predicted"]["base"]))
+    assert cost["expected_decoder_cost"] > 0 and cost["searched"] >= cost["predicted"]["base"]
+    written = json.loads((tmp_path / "run" / "config.json").read_text())["search"]
+    assert (written["cost"], written["budget"]) == ("flops", 0.4)
+    strategy_config = json.loads((tmp_path / "run" / "search" / "sparsemask_strategy.json").read_text())["config"]
+    assert strategy_config["cost_budget"] == pytest.approx(cost["decoder_budget"])
+
+
+def test_profile_command_writes_a_table_and_refuses_to_overwrite(tmp_path, capsys):
+    from nni_sparsemask.cli import main
+
+    out = tmp_path / "table.json"
+    args = ["profile", "--kind", "bytes", "--size", "32", "--backbone-kwargs", '{"widths": [4, 6, 8, 10, 12]}',
+            "--decoder-channels", "4", "--image-size", "32", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "dense FDN" in printed and "FCN" in printed and out.is_file()
+    before = out.read_text()
+    assert main(args) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == before
