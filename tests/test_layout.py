@@ -148,3 +148,14 @@ def test_the_source_cites_nothing_outside_the_repository():
     cites = [str(f.relative_to(ROOT)) for base in SOURCES.values() for f in base.rglob("*.py")
              if "design.md" in f.read_text() or "../shared" in f.read_text()]
     assert cites == []
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists the packages explicitly: a subpackage missing there imports from a checkout (editable
+    install) but not from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join([PKG, *p.parent.relative_to(ROOT / PKG).parts]).rstrip(".")
+             for p in (ROOT / PKG).rglob("__init__.py")}
+    assert found - listed == set()
