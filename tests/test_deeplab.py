@@ -40,7 +40,7 @@ def test_output_stride_16_by_dilation():
 
 def test_other_output_strides_and_bad_values():
     assert make(output_stride=8).encoder.feature_info[-1].reduction == 8
-    assert make(output_stride=8).aspp.rates == (12, 24, 36)
+    assert make(output_stride=8, head="aspp").aspp.rates == (12, 24, 36)
     assert make(output_stride=32).encoder.feature_info[-1].reduction == 32
     with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32, got 4"):
         make(output_stride=4)
@@ -60,7 +60,7 @@ def test_dilated_encoder_keeps_the_plain_weights():
 
 
 def test_aspp_branches():
-    net = make(aspp_channels=8)
+    net = make(aspp_channels=8, head="aspp")  # the full ASPP; the default, "mobile": test_deeplab_mobile.py
     aspp = net.aspp
     assert isinstance(aspp, ASPP) and aspp.rates == (6, 12, 18)
     convs = [b[0] for b in aspp.branches[:4]]

@@ -94,8 +94,8 @@ def _decoders() -> Registry[DecoderEntry]:
     reg.register("sparseacn", DecoderEntry("sparseacn", "SparseACN: D_l <- E_l + chain layers at offsets 2^k",
                                            d.sparseacn))
     reg.register("fdn", DecoderEntry("fdn", "Fully Dense Network: every edge", d.dense))
-    reg.register("deeplabv3", DecoderEntry("deeplabv3", "mobile DeepLabV3: dilated MobileNetV2 (OS 16) + ASPP",
-                                           None, default_channels=256))
+    reg.register("deeplabv3", DecoderEntry("deeplabv3", "mobile DeepLabV3: dilated MobileNetV2 (OS 16) + ASPP's "
+                                           "1x1 and image-pooling branches", None, default_channels=256))
     return reg
 
 
