@@ -169,7 +169,7 @@ def test_strategy_arguments_are_validated():
                                                                                  "seed": 0}
     assert validate_strategy_args("l1", {"lambda_sparse": 5e-3}, fill_defaults=False) == {"lambda_sparse": 5e-3}
     with pytest.raises(ValueError, match=r"'sparsemask' does not accept 'k' \(it belongs to maskconnect\); "
-                                         r"it accepts: lambda_sparse, seed, threshold"):
+                                         r"it accepts: budget, cost, lambda_sparse, seed, target_fps, threshold"):
         validate_strategy_args("sparsemask", {"k": 3})
     with pytest.raises(ValueError, match=r"'maskconnect' does not accept 'lambda_sparse' \(it belongs to l1, "
                                          r"sparsemask\)"):

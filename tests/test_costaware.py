@@ -153,3 +153,22 @@ def test_profile_command_writes_a_table_and_refuses_to_overwrite(tmp_path, capsy
     before = out.read_text()
     assert main(args) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == before
+
+
+def test_grid_entries_can_be_cost_aware_points():
+    from nni_sparsemask.comparison.grid import parse_entry
+    from nni_sparsemask.run.registry import build_strategy, split_search_params
+
+    entry = parse_entry({"params": {"_name": "sparsemask", "cost": "latency", "target_fps": 150}, "seed": 1})
+    assert entry.params == {"lambda_sparse": 0.01, "threshold": 1e-3, "seed": 1, "cost": "latency",
+                            "target_fps": 150.0}
+    assert "cost=latency" in entry.key and "target_fps=150" in entry.key
+    assert split_search_params("sparsemask", entry.params)[1] == {"cost": "latency", "target_fps": 150.0}
+    plain = parse_entry({"params": {"_name": "sparsemask"}, "seed": 0})
+    assert plain.key == "sparsemask_lambda_sparse=0.01_threshold=0.001_seed=0"  # unchanged by the cost options
+    with pytest.raises(ValueError, match="--target-fps is a latency target"):
+        parse_entry({"params": {"_name": "sparsemask", "cost": "flops", "target_fps": 150}, "seed": 0})
+    with pytest.raises(ValueError, match="must be one of latency, bytes, flops"):
+        parse_entry({"params": {"_name": "sparsemask", "cost": "energy", "budget": 0.5}, "seed": 0})
+    with pytest.raises(ValueError, match="set the run's search"):
+        build_strategy("sparsemask", {"cost": "flops", "budget": 0.5})

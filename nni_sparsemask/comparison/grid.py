@@ -4,6 +4,7 @@ An entry is a strategy (searched, then retrained) or a hand-designed decoder (re
 
     {"params": {"_name": "maskconnect", "k": 3}, "seed": 0}     # nested choice: _name + hyper-parameters
     {"method": "l1", "lambda_sparse": 0.005, "seed": 0}          # the flat form
+    {"params": {"_name": "sparsemask", "cost": "latency", "target_fps": 150}, "seed": 0}   # a cost-aware point
 
 :func:`check_search_space` expands an NNI search space the way GridSearch will and parses every entry, so that
 ``sparsemask compare`` refuses a wrong grid before NNI's manager starts (:mod:`.trial` runs one entry).
@@ -69,7 +70,7 @@ def _known_methods() -> str:
 
 def parse_entry(parameters: Any) -> GridEntry:
     """The :class:`GridEntry` of one trial's parameters (see the module docstring); ``ValueError`` when invalid."""
-    from nni_sparsemask.run.registry import DECODERS, STRATEGIES, validate_strategy_args
+    from nni_sparsemask.run.registry import DECODERS, STRATEGIES, split_search_params, validate_strategy_args
 
     if not isinstance(parameters, Mapping):
         raise ValueError(f"trial parameters must be an object such as {{'params': {{'_name': 'fcn'}}, 'seed': 0}}, "
@@ -96,6 +97,10 @@ def parse_entry(parameters: Any) -> GridEntry:
         if "seed" in hyper:
             raise ValueError(f"give the seed of {method!r} as the grid's 'seed', not as its hyper-parameter")
         params = validate_strategy_args(method, {**hyper, "seed": seed})
+        _, search = split_search_params(method, params)
+        if search:  # a cost-aware point: its settings must make a SearchConfig
+            from nni_sparsemask.run.config import SearchConfig
+            SearchConfig(**search)
         if sample is not None:
             if isinstance(sample, bool) or not isinstance(sample, int) or not 0 <= sample < params["samples"]:
                 raise ValueError(f"'sample' of {method!r} must be an integer in [0, samples={params['samples']}), "

@@ -78,7 +78,8 @@ class TrialSettings:
         """The one-shot search's :class:`SearchConfig` of these settings."""
         return SearchConfig(epochs=self.search_epochs, learning_rate=self.search_lr, arc_optimizer=self.arc_optimizer,
                             arc_learning_rate=self.arc_lr, arc_noise=self.arc_noise,
-                            arc_weight_decay=self.arc_weight_decay, freeze_bn=self.freeze_bn)
+                            arc_weight_decay=self.arc_weight_decay, freeze_bn=self.freeze_bn,
+                            cost_size=self.fps_size)  # a cost-aware entry's costs are taken at the FPS side
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

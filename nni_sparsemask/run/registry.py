@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # annotations only: reading the registry (the CLI's --help) i
 
 __all__ = ["Registry", "Param", "DecoderEntry", "StrategyEntry", "ConnectivitySampler", "DECODERS", "STRATEGIES",
            "decoder_connectivity", "build_decoder", "validate_strategy_args", "build_strategy",
-           "available_decoders", "available_strategies", "check_strategy_space"]
+           "available_decoders", "available_strategies", "check_strategy_space", "split_search_params"]
 
 T = TypeVar("T")
 
@@ -157,9 +157,14 @@ class Param:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    choices: tuple = ()
 
     def check(self, strategy: str, name: str, value: Any) -> Any:
         what = f"argument {name!r} of strategy {strategy!r}"
+        if self.type is str:
+            if value not in self.choices:
+                raise ValueError(f"{what} must be one of {', '.join(self.choices)}, got {value!r}")
+            return value
         if self.type is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{what} must be an integer, got {value!r}")
@@ -187,6 +192,8 @@ class StrategyEntry:
     factory: Callable[..., Any]
     params: dict[str, Param] = field(default_factory=dict)
     noise_on_w: bool = True  # oneshot: takes noise on w in training forwards (MaskConnect samples instead)
+    #: params that set the run's SearchConfig (the cost-aware search), not the strategy's constructor
+    search_params: tuple = ()
 
 
 @dataclass
@@ -224,6 +231,11 @@ def _l1(**kw):
 
 
 _SEED = Param(int, 0, "random seed", low=0)
+#: the cost-aware search as strategy arguments (a comparison grid's points); None: not given (the paper's loss)
+_COST = {"cost": Param(str, None, "cost-aware search: latency, bytes or flops", choices=("latency", "bytes", "flops")),
+         "target_fps": Param(float, None, "with cost latency: the network's target FPS", low=0.0, low_open=True),
+         "budget": Param(float, None, "the decoder's cost budget, a fraction of the dense decoder's", low=0.0,
+                         high=1.0, low_open=True, high_open=True)}
 _THRESHOLD = Param(float, SparseMaskConfig.threshold, "sigma: keep edges with w >= threshold", low=0.0, high=1.0, low_open=True,
                    high_open=True)
 _SAMPLES = Param(int, 8, "number of distinct decoders sampled", low=1)
@@ -234,7 +246,8 @@ def _strategies() -> Registry[StrategyEntry]:
     reg: Registry[StrategyEntry] = Registry("strategy", "strategies")
     reg.register("sparsemask", StrategyEntry(
         "sparsemask", "oneshot", "SparseMask: sparse loss of Eq. 2, prune at sigma", _sparsemask,
-        {"lambda_sparse": Param(float, SparseMaskConfig.lambda_sparse, "lambda of Eq. 3", low=0.0), "threshold": _THRESHOLD, "seed": _SEED}))
+        {"lambda_sparse": Param(float, SparseMaskConfig.lambda_sparse, "lambda of Eq. 3", low=0.0), "threshold": _THRESHOLD,
+         "seed": _SEED, **_COST}, search_params=tuple(_COST)))
     reg.register("l1", StrategyEntry(
         "l1", "oneshot", "SparseMask with the L1 loss (Fig. 4; lambda 1e-3, 5e-3, 1e-2)", _l1,
         {"lambda_sparse": Param(float, 1e-3, "strength of the L1 loss", low=0.0), "threshold": _THRESHOLD,
@@ -282,8 +295,15 @@ def validate_strategy_args(name: str, args: dict[str, Any] | None = None, fill_d
     out = {arg: entry.params[arg].check(name, arg, value) for arg, value in given.items()}
     if fill_defaults:
         for arg, spec in entry.params.items():
-            out.setdefault(arg, spec.default)
+            if spec.default is not None:  # None: "not given" (the cost-aware settings), left out
+                out.setdefault(arg, spec.default)
     return out
+
+
+def split_search_params(name: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(strategy arguments, SearchConfig fields)`` of the validated ``params`` of strategy ``name``."""
+    search = STRATEGIES.get(name).search_params
+    return ({k: v for k, v in params.items() if k not in search}, {k: v for k, v in params.items() if k in search})
 
 
 def check_strategy_space(name: str, params: dict[str, Any], num_stages: int) -> None:
@@ -307,7 +327,10 @@ def build_strategy(name: str, args: dict[str, Any] | None = None, **options: Any
     take none.
     """
     entry = STRATEGIES.get(name)
-    kwargs = validate_strategy_args(name, args)
+    kwargs, search = split_search_params(name, validate_strategy_args(name, args))
+    if search:
+        raise ValueError(f"{', '.join(sorted(search))} set the run's search (SearchConfig), not strategy {name!r}; "
+                         "run_search takes them from the strategy arguments")
     if options and entry.kind == "sampler":
         raise ValueError(f"strategy {name!r} is a sampler and takes only {', '.join(sorted(entry.params))}; "
                          f"got extra options {', '.join(sorted(options))}")

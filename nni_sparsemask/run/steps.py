@@ -55,11 +55,14 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
                ) -> dict[str, Any]:
     """Search a decoder of the FDN space with ``strategy`` (see ``run.registry.STRATEGIES``) on ``data``; a
     one-shot search trains as ``schedule`` says (default :class:`SearchConfig`)."""
-    from nni_sparsemask.run.registry import STRATEGIES, check_strategy_space, validate_strategy_args
+    from nni_sparsemask.run.registry import STRATEGIES, check_strategy_space, split_search_params, validate_strategy_args
 
     entry = STRATEGIES.get(strategy)
     params = validate_strategy_args(strategy, strategy_args)
     schedule = schedule if schedule is not None else SearchConfig()
+    _, search_args = split_search_params(strategy, params)
+    if search_args:  # a cost-aware point of a comparison grid: its settings are the search's
+        schedule = dataclasses.replace(schedule, **search_args)
     check_strategy_space(strategy, params, len(check_inputs(data, model)))  # all checked before the run dir
     config = _base_config("search", strategy, params, int(params.get("seed", 0)), data, model)
     term = None
@@ -127,7 +130,7 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
 
     from nni_sparsemask.fdn.space import FDNSpace
     from nni_sparsemask.run.lightning import Segmentation
-    from nni_sparsemask.run.registry import STRATEGIES, build_strategy
+    from nni_sparsemask.run.registry import STRATEGIES, build_strategy, split_search_params
 
     weights = resolve_backbone_weights(model, data, log, progress=progress)
     seed_everything(int(params.get("seed", 0)))  # the decoder's initial weights
@@ -138,7 +141,7 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
                              train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=schedule.epochs,
                              accelerator=accelerator, enable_checkpointing=False, logger=False,
                              enable_progress_bar=progress, enable_model_summary=False)
-    strat = build_strategy(strategy, params, run_dir=run.file("search"),
+    strat = build_strategy(strategy, split_search_params(strategy, params)[0], run_dir=run.file("search"),
                            **schedule.strategy_options(noise=STRATEGIES.get(strategy).noise_on_w),
                            **(term.strategy_options() if term is not None else {}))
     log(f"[search] {strategy} {params}: {schedule.epochs} epochs on {data.dataset} ({data.train_scenes} scenes, "
