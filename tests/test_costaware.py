@@ -172,3 +172,19 @@ def test_grid_entries_can_be_cost_aware_points():
         parse_entry({"params": {"_name": "sparsemask", "cost": "energy", "budget": 0.5}, "seed": 0})
     with pytest.raises(ValueError, match="set the run's search"):
         build_strategy("sparsemask", {"cost": "flops", "budget": 0.5})
+
+
+def test_an_interrupted_search_written_before_the_new_settings_resumes(tmp_path):
+    """A run directory whose config.json predates the w and cost settings resumes when the search runs as those
+    searches did (SEARCH_LEGACY), and is refused with any other setting."""
+    from nni_sparsemask.run.config import SEARCH_LEGACY
+    from nni_sparsemask.run.rundir import RunDir
+
+    old_search = {"epochs": 2, "learning_rate": 0.01, "arc_learning_rate": 0.02}
+    run = tmp_path / "old"
+    RunDir(run, {"command": "search", "search": old_search}).close()
+    legacy = {"search": SEARCH_LEGACY}
+    same = dict(old_search, **SEARCH_LEGACY)
+    assert RunDir(run, {"command": "search", "search": same}, resume=True, legacy=legacy).resumed
+    with pytest.raises(ValueError, match="another configuration"):
+        RunDir(run, {"command": "search", "search": dict(same, arc_optimizer="shared")}, resume=True, legacy=legacy)

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 from nni_sparsemask.comparison.grid import GridEntry, check_search_space, expand_search_space, parse_entry
 from nni_sparsemask.comparison.settings import PRESETS, TrialSettings, preset_settings
-from nni_sparsemask.run.config import ModelConfig, TrainConfig
+from nni_sparsemask.run.config import SEARCH_LEGACY, ModelConfig, TrainConfig
 
 __all__ = ["TrialSettings", "GridEntry", "PRESETS", "preset_settings", "parse_entry", "expand_search_space",
            "check_search_space", "run_entry", "build_parser", "settings_from_args", "main"]
@@ -64,6 +64,10 @@ SEARCH_SUBDIR, RETRAIN_SUBDIR, ERROR_FILE, LOCK_DIR = "search", "retrain", "erro
 
 
 # ------------------------------------------------------------------------------------------------ search apart
+
+#: trial settings added after the first release (the search's w settings), as earlier comparisons ran them
+_SETTINGS_LEGACY = {k: SEARCH_LEGACY[k] for k in ("arc_optimizer", "arc_noise", "arc_weight_decay", "freeze_bn")}
+
 def _search_in_own_process(target: Callable[..., Any], kwargs: Mapping[str, Any], log: Log,
                            poll_seconds: float = 2.0) -> None:
     """``target(**kwargs, log=...)`` in a process of its own (``spawn``, a picklable ``target``), started without
@@ -199,7 +203,7 @@ def run_entry(entry: GridEntry, settings: TrialSettings, results: str | Path, *,
         config = {"command": "comparison-entry", "method": entry.method, "params": entry.params, "seed": entry.seed,
                   "entry": entry.key, "settings": settings.to_dict()}
         try:
-            run = RunDir(entry_dir, config, resume=True)
+            run = RunDir(entry_dir, config, resume=True, legacy={"settings": _SETTINGS_LEGACY})
         except ValueError as err:
             if not str(err).startswith("cannot resume"):
                 raise

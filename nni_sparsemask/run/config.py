@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "SearchConfig", "EvalConfig", "PretrainConfig", "DATASETS", "PRETRAINED", "DEFAULT_ARC_LR", "COSTS",
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "SearchConfig", "EvalConfig", "PretrainConfig", "DATASETS", "PRETRAINED", "DEFAULT_ARC_LR", "COSTS", "SEARCH_LEGACY",
            "DEFAULT_BACKBONE_KWARGS", "default_backbone_kwargs", "checked_fields", "config_from_dict"]
 
 #: constructor arguments a backbone gets when none are given (the demo's small convnet); others get none
@@ -288,6 +288,13 @@ class SearchConfig:
         if noise:
             out["arc_noise"] = self.arc_noise
         return out
+
+
+#: SearchConfig settings added after the first release, with what searches written before them did (Adam on w,
+#: no noise, no weight decay, BN trained, no cost term): a resumed old run directory compares with these
+SEARCH_LEGACY: dict[str, Any] = {"arc_optimizer": "adam", "arc_noise": 0.0, "arc_weight_decay": 0.0,
+                                 "freeze_bn": False, "cost": None, "target_fps": None, "budget": None,
+                                 "cost_weight": 1.0, "cost_size": 512, "cost_table": None}
 
 
 @dataclass(frozen=True)

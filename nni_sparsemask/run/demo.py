@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from nni_sparsemask.nas.config import SparseMaskConfig
-from nni_sparsemask.run.config import DataConfig, ModelConfig, PretrainConfig, SearchConfig, TrainConfig
+from nni_sparsemask.run.config import (SEARCH_LEGACY, DataConfig, ModelConfig, PretrainConfig, SearchConfig,
+                                       TrainConfig)
 from nni_sparsemask.run.rundir import RunDir
 
 __all__ = ["DemoConfig", "run_demo", "demo_table"]
@@ -225,7 +226,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
                       seed=cfg.seed)
     model = ModelConfig(decoder_channels=cfg.decoder_channels)
     train = TrainConfig(epochs=cfg.retrain_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed)
-    run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume)
+    legacy = {k: SEARCH_LEGACY[k] for k in SEARCH_LEGACY if k in {f.name for f in dataclasses.fields(DemoConfig)}}
+    run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume,
+                 legacy={"": legacy})
     step = _Steps(log)
     common = dict(resume=resume, progress=progress, log=log, accelerator=accelerator)
     weights = step("pretrain", lambda: resolve_backbone_weights(

@@ -181,8 +181,12 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, config: dict[str, Any], overwrite: bool = False, resume: bool = False,
-                 resumable: bool = True):
-        """``resumable``: the command has ``--resume`` (the refusal of an existing directory suggests it)."""
+                 resumable: bool = True, legacy: dict[str, dict[str, Any]] | None = None):
+        """``resumable``: the command has ``--resume`` (the refusal of an existing directory suggests it).
+        ``legacy``: ``{section: {key: value}}`` (section ``""``: the top level) of settings added after a run
+        directory may have been written, each with the value that reproduces what such a run did; a recorded
+        config without the key is compared as if it held that value."""
+        self._legacy = legacy or {}
         if overwrite and resume:
             raise ValueError("--overwrite and --resume exclude each other: pick one")
         self.path = Path(path)
@@ -225,7 +229,7 @@ class RunDir:
     def _open(self, config: dict[str, Any], overwrite: bool, resume: bool) -> None:
         non_empty = self._non_empty()  # again, now that this process holds the lock
         if non_empty and resume:
-            old = read_json(self.path / "config.json", "config.json of the run to resume")
+            old = _with_legacy(read_json(self.path / "config.json", "config.json of the run to resume"), self._legacy)
             if _comparable(old) != _comparable(config):
                 diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
                 raise ValueError(
@@ -282,6 +286,17 @@ class RunDir:
             writer.writerows(rows)
         os.replace(tmp, self.path / name)
         return self.path / name
+
+
+def _with_legacy(config: dict[str, Any], legacy: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``config`` with every missing ``legacy`` setting filled in (see :class:`RunDir`)."""
+    out = dict(config)
+    for section, values in legacy.items():
+        if not section:
+            out = {**values, **out}
+        elif isinstance(out.get(section), dict):
+            out[section] = {**values, **out[section]}
+    return out
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from nni_sparsemask.fdn.connectivity import Connectivity
-from nni_sparsemask.run.config import DataConfig, EvalConfig, ModelConfig, SearchConfig, TrainConfig, config_from_dict
+from nni_sparsemask.run.config import (SEARCH_LEGACY, DataConfig, EvalConfig, ModelConfig, SearchConfig, TrainConfig,
+                                       config_from_dict)
 from nni_sparsemask.run.pipeline import (build_network, check_connectivity, check_eval_device, check_inputs,
                                          evaluate_network, load_weights, make_loaders, resolve_backbone_weights,
                                          save_weights, train_network)
@@ -72,7 +73,7 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     elif schedule.cost is not None:
         raise ValueError(f"strategy {strategy!r} samples decoders without training w: --cost applies to the "
                          "one-shot strategies (sparsemask, l1, maskconnect)")
-    run = RunDir(out, config, overwrite=overwrite, resume=resume)
+    run = RunDir(out, config, overwrite=overwrite, resume=resume, legacy={"search": SEARCH_LEGACY})
     if run.resumed and run.file(SEARCH_DONE).is_file():
         log(f"[search] {run.path} is already finished; its results are kept as they are")
         return read_json(run.file(SEARCH_DONE))
