@@ -1,4 +1,5 @@
-"""The ``sparsemask`` command: ``pretrain | search | prune | retrain | evaluate | demo | report | convert | profile``.
+"""The ``sparsemask`` command: ``pretrain | search | prune | retrain | evaluate | demo | report | convert | profile |
+export``.
 
 Argument parsing only; the work is in :mod:`.workflow` (search, prune, retrain, evaluate), :mod:`.demo` and
 :mod:`.pretrain`. Every command writes a run directory (``--out``) that is never overwritten without
@@ -13,6 +14,7 @@ import contextlib
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 from nni_sparsemask.cli.options import (Help, add_arc, add_cost, add_data, add_fps, add_model, add_run, add_schedule,
@@ -288,9 +290,54 @@ def _add_convert_command(sub: Any) -> None:
     p.set_defaults(func=_convert)
 
 
+def _trained_run(run: str) -> Path:
+    """``run`` if it is a finished retrain run directory (config.json of a retrain, model.pt), else the error that
+    names the command making one."""
+    from nni_sparsemask.run.rundir import read_json
+
+    path, make = Path(run), "make one with 'sparsemask retrain --connectivity FILE | --decoder NAME --out RUN'"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a run directory (no config.json); export takes a retrain run: {make}")
+    config = read_json(path / "config.json", "config.json of the run")
+    command = config.get("command") if isinstance(config, dict) else None
+    if command != "retrain":
+        raise ValueError(f"{path} is a {command!r} run, not a retrain run, and holds no trained network: {make}")
+    if not (path / "model.pt").is_file():
+        raise FileNotFoundError(f"{path} has no trained network (no model.pt): its retrain has not finished; "
+                                f"finish it with 'sparsemask retrain ... --out {path} --resume'")
+    return path
+
+
+def _export(args) -> int:
+    from nni_sparsemask.measure.export import check_format, check_target, export_network, smallest_side
+    from nni_sparsemask.run.steps import load_run_network
+
+    check_format(args.format)
+    check_target(args.out, args.overwrite)
+    net, _, _ = load_run_network(_trained_run(args.run))
+    path = export_network(net, args.format, args.out, overwrite=args.overwrite)
+    sides = f"H, W >= {smallest_side(net)}" if args.format == "exported-program" else "any H, W"
+    print(f"[export] {args.run} -> {path} ({args.format}, BN folded): image (1, 3, H, W) -> logits (1, "
+          f"{net.num_classes}, H, W), {sides}")
+    return 0
+
+
+def _add_export_command(sub: Any) -> None:
+    from nni_sparsemask.measure.export import FORMATS, SUFFIXES
+
+    p = _command(sub, "export", "write the trained network of a retrain run for deployment (BN folded, any H x W)")
+    p.add_argument("run", help="a finished retrain run directory")
+    p.add_argument("--format", required=True, help=f"{' | '.join(FORMATS)} (usual suffix: "
+                   f"{', '.join(SUFFIXES[f] for f in FORMATS)})")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_export)
+
+
 #: the subcommands in the order ``--help`` lists them (``compare`` is added by the comparison layer)
 _COMMANDS = (_add_pretrain_command, _add_search_command, _add_prune_command, _add_retrain_command,
-             _add_evaluate_command, _add_demo_command, _add_report_command, _add_convert_command, _add_profile_command)
+             _add_evaluate_command, _add_demo_command, _add_report_command, _add_convert_command, _add_profile_command,
+             _add_export_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,7 +408,7 @@ def _quiet_nni() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("search", "retrain", "evaluate", "demo"):
+    if args.command in ("search", "retrain", "evaluate", "demo", "export"):
         _quiet_nni()
     with _noting_interrupts():
         try:
