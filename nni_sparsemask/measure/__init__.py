@@ -10,6 +10,8 @@ Modules, one idea each:
 * :mod:`.fps` -- inference speed (FPS), as given or in the deployment form;
 * :mod:`.deploy` -- the deployment form (BN folded, channels_last) that speed is measured in;
 * :mod:`.cost` -- operator calls, FLOPs and bytes written per forward;
+* :mod:`.latency` -- per-edge cost tables of the FDN decoder (timed or counted), what a cost-aware search uses;
+* :mod:`.export` -- ONNX / TorchScript / exported-program files of a trained network, dynamic height and width;
 * :mod:`.metrics` -- the pre-split path, re-exporting the names of the five metric modules above.
 
 Names are imported lazily (``from nni_sparsemask.measure import measure_fps``): importing this package does no work.
@@ -27,6 +29,8 @@ _EXPORTS = {
     "fold_bn": "deploy", "fold_conv_bn": "deploy", "fold_batchnorm": "deploy", "inference_form": "deploy",
     "as_measured": "deploy", "AS_GIVEN": "deploy", "INFERENCE_FORM": "deploy",
     "InferenceCost": "cost", "inference_cost": "cost",
+    "CostTable": "latency", "profile_space": "latency", "load_cost_table": "latency",
+    "FORMATS": "export", "export_network": "export",
 }
 
 __all__ = sorted(_EXPORTS)
