@@ -5,7 +5,7 @@ Modules, one idea each:
 
 * :mod:`.segmentation` -- mIoU / per-class IoU / PixAcc from an accumulated confusion matrix;
 * :mod:`.saliency` -- saliency max F-beta and MAE;
-* :mod:`.edges` -- edge ODS / OIS / AP (a simplified BSDS benchmark);
+* :mod:`.edges` -- edge ODS / OIS / AP (the BSDS500 benchmark: thinning, one-to-one matching within 0.0075 of the diagonal);
 * :mod:`.params` -- parameter counts split encoder + decoder, Table 1's ``"2.22+0.56M"`` form;
 * :mod:`.fps` -- inference speed (FPS), as given or in the deployment form;
 * :mod:`.deploy` -- the deployment form (BN folded, channels_last) that speed is measured in;

@@ -4,7 +4,7 @@ Each idea lives in its own module now; this one re-exports all of their public n
 
 * :mod:`.segmentation` -- :class:`SegmentationMetrics`, :class:`SegmentationScores` (mIoU, per-class IoU, PixAcc);
 * :mod:`.saliency` -- :class:`SaliencyMetrics`, :class:`SaliencyScores` (max F-beta, MAE);
-* :mod:`.edges` -- :class:`EdgeMetrics`, :class:`EdgeScores` (ODS / OIS / AP, simplified BSDS);
+* :mod:`.edges` -- :class:`EdgeMetrics`, :class:`EdgeScores` (ODS / OIS / AP, the BSDS500 benchmark);
 * :mod:`.params` -- :class:`ParamCount`, :func:`count_parameters`, :func:`format_params`;
 * :mod:`.fps` -- :class:`FPSResult`, :func:`measure_fps`;
 * :mod:`.deploy` -- ``INFERENCE_FORM``, the name of the form ``measure_fps(inference=True)`` times.
