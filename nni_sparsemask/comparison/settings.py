@@ -103,7 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "batch_size": 16},
         "model": {"backbone": "convnet", "backbone_kwargs": default_backbone_kwargs("convnet"),
                   "backbone_weights": PRETRAINED, "decoder_channels": 32},
-        "search_epochs": 4, "search_lr": 0.02, "arc_lr": 0.02, "retrain_epochs": 5, "retrain_lr": 0.02,
+        "search_epochs": 4, "search_lr": 0.02, "arc_lr": None, "retrain_epochs": 5, "retrain_lr": 0.02,
         "fps_size": 256, "fps_batch": 1, "fps_seconds": 2.0, "pretrain": {}, "accelerator": "auto",
     },
     # the paper's setting on a GPU: PASCAL VOC 2012 (train_aug with --sbd-root), MobileNetV2 with ImageNet weights
@@ -111,7 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"dataset": "voc", "root": None, "sbd_root": None, "image_size": 512, "batch_size": 16},
         "model": {"backbone": "mobilenet_v2", "backbone_kwargs": {}, "backbone_weights": "IMAGENET1K_V1",
                   "decoder_channels": 64},
-        "search_epochs": 30, "search_lr": 0.007, "arc_lr": 0.02, "retrain_epochs": 50, "retrain_lr": 0.007,
+        "search_epochs": 30, "search_lr": 0.007, "arc_lr": None, "retrain_epochs": 50, "retrain_lr": 0.007,
         "fps_size": 512, "fps_batch": 1, "fps_seconds": 2.0, "pretrain": {}, "accelerator": "auto",
     },
 }

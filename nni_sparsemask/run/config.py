@@ -202,6 +202,10 @@ class SearchConfig:
     """The schedule of a one-shot search (SparseMask, L1, MaskConnect) and how it trains w; the strategy's own
     arguments (lambda, sigma, k, ...) are validated by :mod:`.registry`.
 
+    The w defaults are the official code's recipe, as ``SparseMask()``'s: on the demo's search it kept 6 edges with
+    1 of 30 w undecided and retrained 4.2 mIoU above the run layer's earlier Adam-on-w setting (ablation:
+    ``benchmarks/search_ablation_demo.py``, numbers in ``benchmarks/RESULTS.md``).
+
     Attributes:
         epochs: search epochs.
         learning_rate: encoder learning rate of the network weights (decoder x ``decoder_lr_mult`` as in training).
@@ -223,10 +227,10 @@ class SearchConfig:
 
     epochs: int = 15
     learning_rate: float = 0.02
-    arc_optimizer: str = "adam"
-    arc_learning_rate: Optional[float] = 0.02
-    arc_noise: float = 0.0
-    arc_weight_decay: float = 0.0
+    arc_optimizer: str = "shared"
+    arc_learning_rate: Optional[float] = None
+    arc_noise: float = 0.05
+    arc_weight_decay: float = 4e-5
     freeze_bn: bool = False
     cost: Optional[str] = None
     target_fps: Optional[float] = None

@@ -41,7 +41,7 @@ class DemoConfig:
     image_size: int = DataConfig.image_size
     learning_rate: float = TrainConfig.learning_rate   # search and retraining alike
     arc_optimizer: str = SearchConfig.arc_optimizer
-    arc_learning_rate: Optional[float] = 0.1  # Adam at 0.02 left a fifth of w undecided after 10 epochs (README)
+    arc_learning_rate: Optional[float] = SearchConfig.arc_learning_rate
     arc_noise: float = SearchConfig.arc_noise
     arc_weight_decay: float = SearchConfig.arc_weight_decay
     freeze_bn: bool = SearchConfig.freeze_bn
