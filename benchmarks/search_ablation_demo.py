@@ -25,6 +25,7 @@ import torch
 from nni_sparsemask.run.config import DataConfig, ModelConfig, SearchConfig, TrainConfig
 from nni_sparsemask.run.demo import DemoConfig, ratio_over_passes, time_side_by_side
 
+RECIPE = dict(arc_optimizer="shared", arc_learning_rate=None, arc_noise=0.05, arc_weight_decay=4e-5)
 #: row name -> (description, SearchConfig fields other than the schedule)
 ROWS: dict[str, tuple[str, dict]] = {
     "old": ("Adam 0.1 on w, no noise, no wd (the demo until now)",
@@ -35,6 +36,12 @@ ROWS: dict[str, tuple[str, dict]] = {
                         dict(arc_optimizer="shared", arc_learning_rate=None, arc_noise=0.0, arc_weight_decay=4e-5)),
     "recipe_no_wd": ("recipe without weight decay on w",
                      dict(arc_optimizer="shared", arc_learning_rate=None, arc_noise=0.05, arc_weight_decay=0.0)),
+    "cost_latency_0.3": ("recipe + cost-aware: decoder latency <= 0.3 x the dense decoder's (table timed here)",
+                         dict(RECIPE, cost="latency", budget=0.3)),
+    "cost_latency_0.15": ("recipe + cost-aware: decoder latency <= 0.15 x the dense decoder's",
+                          dict(RECIPE, cost="latency", budget=0.15)),
+    "cost_bytes_0.3": ("recipe + cost-aware: decoder bytes written <= 0.3 x the dense decoder's",
+                       dict(RECIPE, cost="bytes", budget=0.3)),
     "recipe_freeze_bn": ("recipe + frozen BN (the official code's BN)",
                          dict(arc_optimizer="shared", arc_learning_rate=None, arc_noise=0.05, arc_weight_decay=4e-5,
                               freeze_bn=True)),
@@ -44,7 +51,7 @@ ROWS: dict[str, tuple[str, dict]] = {
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder of the run directories (resumed when it exists)")
-    p.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--rows", nargs="*", default=[r for r in ROWS if r != "recipe_freeze_bn"], choices=list(ROWS))
     p.add_argument("--search-epochs", type=int, default=DemoConfig.search_epochs)
     p.add_argument("--retrain-epochs", type=int, default=DemoConfig.retrain_epochs)
     p.add_argument("--train-scenes", type=int, default=DemoConfig.train_scenes)
@@ -75,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     nets["fdn"] = load_run_network(out / "fdn")[0]
     for name in args.rows:
         desc, arc = ROWS[name]
-        schedule = SearchConfig(epochs=demo.search_epochs, learning_rate=demo.learning_rate, **arc)
+        schedule = SearchConfig(epochs=demo.search_epochs, learning_rate=demo.learning_rate, cost_size=demo.fps_size,
+                                **arc)
         s0 = time.time()
         search = run_search(out / name / "search", "sparsemask",
                             {"lambda_sparse": demo.lambda_sparse, "threshold": demo.threshold, "seed": demo.seed},
@@ -86,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         nets[name] = load_run_network(out / name / "retrain")[0]
         rows[name] = {"description": desc, "search": dict(arc), "undecided": search["binarization"].get("undecided_fraction"),
                       "edges": search["edges"], "stages": search["stages"], "miou": metrics["miou"],
-                      "search_seconds": search.get("search_seconds"), "seconds": round(time.time() - s0, 1)}
+                      "search_seconds": search.get("search_seconds"), "seconds": round(time.time() - s0, 1),
+                      "cost": search.get("cost")}
     side = time_side_by_side(nets, demo.fps_size, rounds=args.fps_rounds, device="cpu")
     for name, row in rows.items():
         row["fps_ratio"] = ratio_over_passes(side["rounds"], name, "fdn")
@@ -105,6 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         und = "-" if r["undecided"] is None else f"{100 * r['undecided']:.1f}%"
         print(f"| {name}: {r['description']} | {und} | {r['edges']} ({r['stages']}) | {100 * r['miou']:.1f} | "
               f"{med:.2f}x ({lo:.2f}-{hi:.2f}) | {r['search_seconds']:.0f} |")
+    for name, r in rows.items():
+        c = r.get("cost")
+        if c:
+            pred = c["predicted"]
+            line = (f"{name}: {c['cost']} budget {c['budget_fraction']:.2f} x dense decoder; predicted whole network "
+                    f"{c['searched']:.4g} {c['unit']} (dense FDN {pred['dense']:.4g}, FCN {pred['fcn']:.4g})")
+            if c["cost"] == "latency":
+                line += (f" = {c['searched_fps']:.1f} FPS (dense {1 / pred['dense']:.1f}, FCN {1 / pred['fcn']:.1f}); "
+                         f"predicted / dense FPS {pred['dense'] / c['searched']:.2f}x")
+            print(line)
     return 0
 
 
