@@ -17,9 +17,9 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from nni_sparsemask.cli.options import (Help, add_arc, add_cost, add_data, add_fps, add_model, add_run, add_schedule,
-                                        arc_settings, backbone_kwargs, configs, cost_settings, data_config,
-                                        model_config)
+from nni_sparsemask.cli.options import (Help, add_arc, add_cost, add_data, add_dist, add_fps, add_model, add_run,
+                                        add_schedule, arc_settings, backbone_kwargs, configs, cost_settings,
+                                        data_config, dist_settings, model_config)
 
 # Every default is read from the typed configs (nni_sparsemask.run.config, .pretrain, .demo), the one place
 # defaults live; --help prints them (ArgumentDefaultsHelpFormatter) and a test compares the two.
@@ -45,7 +45,8 @@ def _search(args) -> int:
     schedule = configs().SearchConfig(epochs=args.epochs, learning_rate=args.lr, **arc_settings(args),
                                        **cost_settings(args))
     summary = run_search(args.out, args.strategy, strategy_args, data_config(args), model_config(args), schedule,
-                         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+                         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                         **dist_settings(args))
     edges = summary.get("edges")
     print(f"[search] {args.strategy}: kept edges {edges}; binarisation gap {summary.get('binarization_gap', '-')}; "
           f"{args.out}/connectivity.json")
@@ -78,7 +79,8 @@ def _retrain(args) -> int:
     train = configs().TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
     m = run_retrain(args.out, data_config(args), model_config(args), train, connectivity=args.connectivity,
                     decoder=args.decoder, fps_size=args.fps_size, fps_batch=args.fps_batch,
-                    overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+                    overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                    **dist_settings(args))
     _print_metrics(f"[retrain] {m['method']}", m)
     return 0
 
@@ -164,6 +166,7 @@ def _add_search_command(sub: Any) -> None:
     add_data(p)
     add_model(p)
     add_run(p)
+    add_dist(p, search=True)
     p.set_defaults(func=_search)
 
 
@@ -186,6 +189,7 @@ def _add_retrain_command(sub: Any) -> None:
     add_model(p)
     add_fps(p)
     add_run(p)
+    add_dist(p)
     p.set_defaults(func=_retrain)
 
 

@@ -8,7 +8,8 @@ import json
 from typing import Any, Optional
 
 __all__ = ["configs", "Help", "add_data", "add_model", "add_run", "add_schedule", "add_arc", "add_cost", "add_fps",
-           "arc_settings", "cost_settings", "data_config", "model_config", "backbone_kwargs"]
+           "add_dist", "arc_settings", "cost_settings", "dist_settings", "data_config", "model_config",
+           "backbone_kwargs"]
 
 
 def configs():
@@ -128,6 +129,24 @@ def arc_settings(args, defaults: Any = None) -> dict[str, Any]:
         lr = defaults.arc_learning_rate if same else configs().DEFAULT_ARC_LR[args.arc_optimizer]
     return {"arc_optimizer": args.arc_optimizer, "arc_learning_rate": lr, "arc_noise": args.arc_noise,
             "arc_weight_decay": args.arc_weight_decay, "freeze_bn": args.freeze_bn}
+
+
+def add_dist(p: argparse.ArgumentParser, search: bool = False) -> None:
+    """``--devices`` and ``--dist-strategy``: the training on several processes (Lightning's DDP)."""
+    from nni_sparsemask.run import distributed as d
+    g = p.add_argument_group("processes")
+    g.add_argument("--devices", type=int, default=d.DEFAULT_DEVICES,
+                   help="processes (CPU) or GPUs that train together (Lightning DDP); each takes --batch-size images "
+                        "per step, so a step sees devices x batch-size")
+    g.add_argument("--dist-strategy", choices=d.DIST_STRATEGIES, default=d.DEFAULT_DIST_STRATEGY,
+                   help=("Lightning's strategy for --devices (not the search --strategy): " if search else
+                         "Lightning's strategy for --devices: ")
+                   + "auto = one process for 1 device, else ddp; ddp / ddp_fork: the processes are forked when "
+                     "training starts (CPU: gloo); ddp_spawn: started afresh (CUDA already used before training)")
+
+
+def dist_settings(args) -> dict[str, Any]:
+    return {"devices": args.devices, "dist_strategy": args.dist_strategy}
 
 
 def add_fps(p: argparse.ArgumentParser, default: Optional[int] = None) -> None:

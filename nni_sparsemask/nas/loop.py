@@ -255,10 +255,18 @@ class SparseMaskLightningModule(BaseOneShotLightningModule):
         return result
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        searchdir.put_state(checkpoint, self.history, dataclasses.asdict(self.config))
+        searchdir.put_state(checkpoint, self.history, dataclasses.asdict(self.config), self.trainer.world_size)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = searchdir.load_history(checkpoint)
+
+    # ---- several processes (DDP started inside fit): what rank 0 hands back to the calling process ----------
+    def main_process_state(self) -> dict[str, Any]:
+        """The w history (the weights come back with the state dict)."""
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_main_process_state(self, state: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state["history"]]
 
     def teardown(self, stage: str = None):  # type: ignore[assignment]
         recipe.restore_batchnorm(self._frozen_bn)  # the BatchNorm of the space as it was before the search

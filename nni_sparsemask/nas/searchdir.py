@@ -100,17 +100,25 @@ def prepare(run_dir: Path, config: dict[str, Any], model: Any, legacy: dict[str,
 
 
 def save_checkpoint(trainer: Any, run_dir: str | os.PathLike) -> None:
-    """``trainer.save_checkpoint`` to :data:`CHECKPOINT_FILE`, through a temporary file (a crash keeps the last)."""
+    """``trainer.save_checkpoint`` to :data:`CHECKPOINT_FILE`, through a temporary file (a crash keeps the last).
+
+    Under DDP every process calls it (Lightning's ``save_checkpoint`` gathers the state and waits for all of them),
+    Lightning writes the file in rank 0 only, and only rank 0 renames it into place."""
     path = Path(run_dir) / CHECKPOINT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    main = bool(getattr(trainer, "is_global_zero", True))
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     trainer.save_checkpoint(str(tmp))
-    os.replace(tmp, path)
+    if main:
+        os.replace(tmp, path)
 
 
-def put_state(checkpoint: dict[str, Any], history: list[dict[str, list[float]]], config: dict[str, Any]) -> None:
-    """Store the w history and the config in a Lightning checkpoint dict (``on_save_checkpoint``)."""
-    checkpoint[CHECKPOINT_KEY] = {"history": history, "config": config}
+def put_state(checkpoint: dict[str, Any], history: list[dict[str, list[float]]], config: dict[str, Any],
+              world_size: int = 1) -> None:
+    """Store the w history, the config and the number of processes in a Lightning checkpoint dict
+    (``on_save_checkpoint``)."""
+    checkpoint[CHECKPOINT_KEY] = {"history": history, "config": config, "world_size": int(world_size)}
 
 
 def load_history(checkpoint: dict[str, Any]) -> list[dict[str, list[float]]]:
@@ -121,14 +129,21 @@ def load_history(checkpoint: dict[str, Any]) -> list[dict[str, list[float]]]:
     return [dict(h) for h in state["history"]]
 
 
-def resume_epoch(ckpt: Path) -> int:
+def resume_epoch(ckpt: Path, world_size: int | None = None) -> int:
     """The first epoch a fit resumed from ``ckpt`` runs: the number of epochs in its history.
 
     A broken checkpoint (empty, cut short, bytes changed) raises one ``CheckpointError`` line naming it
-    (:func:`~nni_sparsemask.checkpoint_files.load_checkpoint`), before Lightning reads it."""
+    (:func:`~nni_sparsemask.checkpoint_files.load_checkpoint`), before Lightning reads it. With ``world_size``, a
+    checkpoint written by another number of processes is refused (``ValueError``): a step of N processes takes N
+    batches, so the learning-rate schedule saved in it counts steps of that size (a checkpoint without the
+    number was written by one process)."""
     state = load_checkpoint(ckpt, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY)
     if state is None:
         raise ValueError(f"{ckpt} was not written by SparseMask; delete it or use a new run_dir")
+    written = int(state.get("world_size", 1))
+    if world_size is not None and written != int(world_size):
+        raise ValueError(f"{ckpt} was written by a search on {written} process(es), this one runs {world_size}: "
+                         f"resume it on {written} process(es) (devices)")
     return len(state["history"])
 
 

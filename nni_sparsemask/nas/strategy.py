@@ -31,6 +31,11 @@ NNI's own strategy checkpoint does not cover this). The strategy reseeds python/
 ``(seed, epoch)`` at the start of every epoch, so that a resumed CPU run ends exactly where an uninterrupted one
 does.
 
+Several processes (the evaluator's Trainer with ``devices=N`` and a DDP strategy that starts its processes inside
+``fit``, fork or spawn, e.g. :mod:`nni_sparsemask.run.distributed`): DDP averages the gradient of w with the
+others, so w stays the same on every rank; only rank 0 writes the checkpoint; rank 0 hands the w history back to
+the calling process, which writes the result. A checkpoint resumes on as many processes as wrote it.
+
 The settings and their validation are in :mod:`.config`, the binarisation report in :mod:`.binarization` (both
 re-exported here), the losses in :mod:`.losses`.
 """
@@ -233,7 +238,7 @@ class SparseMask(OneShotStrategy):
                 raise ValueError("the evaluator already sets fit_kwargs['ckpt_path'] and run_dir "
                                  f"{self.run_dir} holds a checkpoint: give one of them, not both")
             mutated.fit_kwargs = {**mutated.fit_kwargs, "ckpt_path": str(self._resume_from)}
-            start_epoch = searchdir.resume_epoch(self._resume_from)
+            start_epoch = searchdir.resume_epoch(self._resume_from, mutated.trainer.world_size)
             module = mutated.module
             if isinstance(module, SparseMaskLightningModule):
                 module.start_epoch = start_epoch

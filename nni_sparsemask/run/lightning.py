@@ -47,7 +47,8 @@ from torch import Tensor, nn
 from nni_sparsemask.data.digitscenes import DigitScenes
 from nni_sparsemask.measure.segmentation import SegmentationMetrics
 from nni_sparsemask.run.config import TrainConfig
-from nni_sparsemask.seeding import EpochShuffle, seed_epoch
+from nni_sparsemask.run.distributed import ShardedEpochShuffle
+from nni_sparsemask.seeding import seed_epoch
 
 __all__ = [
     "SegmentationTrainConfig", "SegmentationModule", "Segmentation", "PolyLR", "poly_lr", "is_arch_parameter",
@@ -254,7 +255,8 @@ class SegmentationModule(LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
         loss = self.loss(self._logits(x, y), y)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0],
+                 sync_dist=True)  # (the epoch's mean over every process's batches under DDP)
         return loss
 
     # ---- validation -------------------------------------------------------------------------------------
@@ -287,7 +289,7 @@ class SegmentationModule(LightningModule):
         self.last_scores = {"val_loss": val_loss, "val_miou": scores["miou"], "val_pixacc": scores["pixacc"],
                             "val_fg_iou": scores["fg_iou"]}
         for name, value in self.last_scores.items():
-            self.log(name, value, prog_bar=name in ("val_loss", "val_miou"))
+            self.log(name, value, prog_bar=name in ("val_loss", "val_miou"), sync_dist=True)  # (equal on every rank)
         if not self.trainer.sanity_checking and self._reporting():
             nni.report_intermediate_result(self._report())
 
@@ -295,7 +297,11 @@ class SegmentationModule(LightningModule):
         """Send this result (an epoch's, or with ``final`` the end's) to NNI? See ``report_to_nni``.
 
         Not ``nni.get_current_parameter() is not None`` (the test of NNI's own evaluators): an in-process
-        ``NasExperiment`` leaves its model set as the current parameter after it ran, outside trials too."""
+        ``NasExperiment`` leaves its model set as the current parameter after it ran, outside trials too. Under DDP
+        rank 0 alone reports."""
+        trainer = self._trainer
+        if trainer is not None and not trainer.is_global_zero:
+            return False
         if self.report_to_nni is None:
             return in_nni_trial()
         return bool(self.report_to_nni) and not final
@@ -383,8 +389,9 @@ def DigitScenesLoader(batch_size: int = 16, shuffle: bool = False, num_workers: 
     dataset = nni.trace(DigitScenes)(**dataset_kwargs)
     if not shuffle:
         return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last)
-    # the order of an epoch depends on (seed, epoch) only, so that a resumed run sees what an uninterrupted one did
-    order = nni.trace(EpochShuffle)(len(dataset), dataset.config.seed)  # len: the config's, nothing is loaded
+    # the order of an epoch depends on (seed, epoch) only, so that a resumed run sees what an uninterrupted one did;
+    # under DDP each process takes its share of it
+    order = nni.trace(ShardedEpochShuffle)(len(dataset), dataset.config.seed)  # len: the config's, nothing is loaded
     return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=num_workers, drop_last=drop_last)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from nni_sparsemask.fdn.connectivity import Connectivity
 from nni_sparsemask.run.config import PRETRAINED, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from nni_sparsemask.run.rundir import RunDir
-from nni_sparsemask.seeding import EpochShuffle, seed_everything
+from nni_sparsemask.run.distributed import DEFAULT_DEVICES, DEFAULT_DIST_STRATEGY, ShardedEpochShuffle
 
 __all__ = ["make_loaders", "check_inputs", "check_eval_device", "resolve_backbone_weights",
            "build_network", "train_network", "evaluate_network", "check_connectivity", "class_names",
@@ -61,7 +61,7 @@ def make_loaders(data: DataConfig) -> tuple[Any, Any]:
     train_set = nni.trace(VOCSegmentation)(data.root, image_set, sbd_root=data.sbd_root,
                                            transform=nni.trace(train_transform)(crop_size=data.image_size))
     val_set = nni.trace(VOCSegmentation)(data.root, "val", transform=nni.trace(eval_transform)(pad_to=data.image_size))
-    order = nni.trace(EpochShuffle)(len(train_set), data.seed)  # the order depends on (seed, epoch) only
+    order = nni.trace(ShardedEpochShuffle)(len(train_set), data.seed)  # from (seed, epoch) only; shared out in DDP
     return (DataLoader(train_set, batch_size=data.batch_size, sampler=order, drop_last=True, num_workers=2),
             DataLoader(val_set, batch_size=1, num_workers=2))
 
@@ -157,18 +157,41 @@ def build_network(model: ModelConfig, num_classes: int, *, connectivity: Optiona
 # ------------------------------------------------------------------------------------------------ training
 def history_callback(run: RunDir, t0: float):
     """A Lightning callback writing one row per validation epoch into ``history.csv`` (its rows are kept in
-    checkpoints, so a resume continues the file). Built here so that importing this module does not import
-    Lightning."""
+    checkpoints, so a resume continues the file; under DDP rank 0 writes it and hands its rows back). Made here so
+    that importing this module does not import Lightning."""
+    return _history_class()(run.path, t0)
+
+
+_HISTORY: list[type] = []
+
+
+def _history_class() -> type:
+    """``HistoryCallback``, a module attribute (``spawn`` pickles the Trainer's callbacks) made on first use."""
+    if _HISTORY:
+        return _HISTORY[0]
     import pytorch_lightning as pl
 
-    class _History(pl.Callback):
-        def __init__(self) -> None:
+    class HistoryCallback(pl.Callback):
+        #: ``history.csv`` is written as a run directory writes it (uses ``self.path`` only)
+        write_history = RunDir.write_history
+
+        def __init__(self, path: Path, t0: float) -> None:
+            self.path, self.t0 = Path(path), t0
             self.rows: list[dict[str, Any]] = []
             #: training seconds of the epochs a resumed run restored (its clock continues from there)
             self.seconds_before = 0.0
+            self.world_size = 1
+            self._seconds: Optional[float] = None  # the processes' time, handed back after a DDP fit
+
+        @property
+        def state_key(self) -> str:  # the key of the local class it used to be: older checkpoints keep their rows
+            return "history_callback.<locals>._History"
 
         def elapsed(self) -> float:
-            return self.seconds_before + time.time() - t0
+            return self._seconds if self._seconds is not None else self.seconds_before + time.time() - self.t0
+
+        def setup(self, trainer, module, stage: str) -> None:
+            self.world_size = trainer.world_size
 
         def on_train_epoch_start(self, trainer, module) -> None:
             self._losses: list[float] = []
@@ -183,36 +206,71 @@ def history_callback(run: RunDir, t0: float):
             if trainer.sanity_checking:
                 return
             losses = getattr(self, "_losses", [])
-            row = {"epoch": trainer.current_epoch + 1,
-                   "train_loss": sum(losses) / len(losses) if losses else math.nan,
-                   **module.last_scores, "seconds": round(self.elapsed(), 2)}
+            train_loss = sum(losses) / len(losses) if losses else math.nan
+            if trainer.world_size > 1:  # the mean over every process's batches (each process calls this)
+                train_loss = float(trainer.strategy.reduce(torch.tensor(train_loss, dtype=torch.float64,
+                                                                        device=module.device), reduce_op="mean"))
+            row = {"epoch": trainer.current_epoch + 1, "train_loss": train_loss, **module.last_scores,
+                   "seconds": round(self.elapsed(), 2)}
             self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
-            run.write_history(self.rows)
+            if trainer.is_global_zero:
+                self.write_history(self.rows)
 
         def state_dict(self) -> dict[str, Any]:
-            return {"rows": self.rows}
+            return {"rows": self.rows, "world_size": self.world_size}
 
         def load_state_dict(self, state: dict[str, Any]) -> None:
             self.rows = list(state.get("rows", []))
             # the restored epochs' time; the part of an epoch that a kill cut short is not counted
             self.seconds_before = float(self.rows[-1]["seconds"]) if self.rows else 0.0
 
-    return _History()
+        def main_process_state(self) -> dict[str, Any]:
+            return {"rows": self.rows, "seconds": self.elapsed()}
+
+        def load_main_process_state(self, state: dict[str, Any]) -> None:
+            self.rows, self._seconds = list(state["rows"]), float(state["seconds"])
+
+    HistoryCallback.__module__, HistoryCallback.__qualname__ = __name__, "HistoryCallback"
+    _HISTORY.append(HistoryCallback)
+    return HistoryCallback
+
+
+def __getattr__(name: str) -> Any:  # HistoryCallback, for pickle (spawn)
+    if name == "HistoryCallback":
+        return _history_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _check_resume_world(ckpt: Path, world_size: int) -> None:
+    """Refuse to resume a retraining on another number of processes than wrote ``ckpt`` (its poly schedule counts
+    steps of that many batches); checkpoints without the number were written by one process."""
+    from nni_sparsemask.run.checkpoints import load_checkpoint
+    from nni_sparsemask.run.distributed import checkpoint_world_size
+
+    state = load_checkpoint(ckpt, map_location="cpu", weights_only=True).get("callbacks", {})
+    written = checkpoint_world_size(state.get("history_callback.<locals>._History"))
+    if written != world_size:
+        raise ValueError(f"{ckpt} was written by a retraining on {written} process(es), this one runs {world_size}: "
+                         f"resume it with --devices {written}")
 
 
 def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataConfig, *, resume: bool = False,
-                  progress: bool = True, accelerator: str = "auto", report_to_nni: bool = False
+                  progress: bool = True, accelerator: str = "auto", report_to_nni: bool = False,
+                  devices: int = DEFAULT_DEVICES, dist_strategy: str = DEFAULT_DIST_STRATEGY
                   ) -> tuple[nn.Module, list[dict[str, Any]], float]:
     """Train ``net`` with L_task (SGD, poly decay, decoder lr x10); checkpoint every epoch into ``run``.
 
     With ``resume`` and a ``checkpoints/last.ckpt`` in ``run``, training continues from it; ``report_to_nni``
-    sends every epoch's val mIoU to NNI (an ``nnictl`` trial) as intermediate results. Returns the trained
-    network, the history rows and the training seconds (a resumed run's include those of its restored epochs).
+    sends every epoch's val mIoU to NNI (an ``nnictl`` trial) as intermediate results. ``devices`` /
+    ``dist_strategy``: several processes (:mod:`.distributed`); rank 0 writes the files and its weights come back
+    into ``net``. Returns the trained network, the history rows and the training seconds (a resumed run's include
+    those of its restored epochs).
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from nni_sparsemask.run.checkpoints import AtomicCheckpointIO, check_checkpoint
+    from nni_sparsemask.run.distributed import trainer_options
     from nni_sparsemask.run.lightning import SegmentationModule
 
     last = run.checkpoints / "last.ckpt"
@@ -227,10 +285,13 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
     history = history_callback(run, t0)
     ckpt = ModelCheckpoint(dirpath=run.checkpoints, filename="epoch{epoch}", save_last=True, save_top_k=0,
                            auto_insert_metric_name=False)
-    trainer = pl.Trainer(max_epochs=train.epochs, accelerator=accelerator, devices=1, logger=False,
+    trainer = pl.Trainer(max_epochs=train.epochs, accelerator=accelerator, logger=False,
                          callbacks=[history, ckpt], enable_progress_bar=progress, num_sanity_val_steps=0,
                          enable_model_summary=False, default_root_dir=str(run.path),
-                         plugins=[AtomicCheckpointIO()])  # a kill never leaves a half last.ckpt
+                         plugins=[AtomicCheckpointIO()],  # a kill never leaves a half last.ckpt
+                         **trainer_options(devices, dist_strategy, accelerator))
+    if resume_from is not None:
+        _check_resume_world(resume_from, trainer.world_size)
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
     return net, history.rows, history.elapsed()
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 from nni_sparsemask.fdn.connectivity import Connectivity
 from nni_sparsemask.run.config import (SEARCH_LEGACY, DataConfig, EvalConfig, ModelConfig, SearchConfig, TrainConfig,
                                        config_from_dict)
+from nni_sparsemask.run.distributed import DEFAULT_DEVICES, DEFAULT_DIST_STRATEGY, check_dist
 from nni_sparsemask.run.pipeline import (build_network, check_connectivity, check_eval_device, check_inputs,
                                          evaluate_network, load_weights, make_loaders, resolve_backbone_weights,
                                          save_weights, train_network)
@@ -52,10 +53,11 @@ def _heatmap(conn: Connectivity, path: Path, title: str, log: Log) -> None:
 # ------------------------------------------------------------------------------------------------ search
 def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], data: DataConfig,
                model: ModelConfig, schedule: Optional[SearchConfig] = None, *, overwrite: bool = False,
-               resume: bool = False, progress: bool = True, accelerator: str = "auto", log: Log = print
-               ) -> dict[str, Any]:
+               resume: bool = False, progress: bool = True, accelerator: str = "auto", log: Log = print,
+               devices: int = DEFAULT_DEVICES, dist_strategy: str = DEFAULT_DIST_STRATEGY) -> dict[str, Any]:
     """Search a decoder of the FDN space with ``strategy`` (see ``run.registry.STRATEGIES``) on ``data``; a
-    one-shot search trains as ``schedule`` says (default :class:`SearchConfig`)."""
+    one-shot search trains as ``schedule`` says (default :class:`SearchConfig`), on ``devices`` processes
+    (:mod:`.distributed`)."""
     from nni_sparsemask.run.registry import STRATEGIES, check_strategy_space, split_search_params, validate_strategy_args
 
     entry = STRATEGIES.get(strategy)
@@ -65,6 +67,7 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     if search_args:  # a cost-aware point of a comparison grid: its settings are the search's
         schedule = dataclasses.replace(schedule, **search_args)
     check_strategy_space(strategy, params, len(check_inputs(data, model)))  # all checked before the run dir
+    check_dist(devices, dist_strategy, accelerator)
     config = _base_config("search", strategy, params, int(params.get("seed", 0)), data, model)
     term = None
     if entry.kind == "oneshot":
@@ -83,7 +86,8 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
         conn, summary = _sample(run, strategy, params, model, meta, t0)
     else:
         conn, summary = _search_oneshot(run, strategy, params, data, model, meta, schedule, t0, term,
-                                        progress=progress, accelerator=accelerator, log=log)
+                                        progress=progress, accelerator=accelerator, log=log, devices=devices,
+                                        dist_strategy=dist_strategy)
     conn.to_json(run.file("connectivity.json"), overwrite=True)
     run.write_json(SEARCH_DONE, summary)
     return summary
@@ -123,13 +127,15 @@ def _cost_term(schedule: SearchConfig, data: DataConfig, model: ModelConfig, acc
 
 def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: DataConfig, model: ModelConfig,
                     meta: dict[str, Any], schedule: SearchConfig, t0: float, term: Any, *, progress: bool,
-                    accelerator: str, log: Log) -> tuple[Connectivity, dict[str, Any]]:
+                    accelerator: str, log: Log, devices: int = DEFAULT_DEVICES,
+                    dist_strategy: str = DEFAULT_DIST_STRATEGY) -> tuple[Connectivity, dict[str, Any]]:
     """A one-shot search (``NasExperiment``) of the FDN space, its own files in ``search/``: the pruned
     connectivity and the summary (timed from ``t0``); ``connectivity_full.json`` and the w heatmap are written
     here."""
     from nni.nas.experiment import NasExperiment
 
     from nni_sparsemask.fdn.space import FDNSpace
+    from nni_sparsemask.run.distributed import trainer_options
     from nni_sparsemask.run.lightning import Segmentation
     from nni_sparsemask.run.registry import STRATEGIES, build_strategy, split_search_params
 
@@ -141,7 +147,8 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
     evaluator = Segmentation(num_classes=data.num_classes, learning_rate=schedule.learning_rate,
                              train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=schedule.epochs,
                              accelerator=accelerator, enable_checkpointing=False, logger=False,
-                             enable_progress_bar=progress, enable_model_summary=False)
+                             enable_progress_bar=progress, enable_model_summary=False,
+                             **trainer_options(devices, dist_strategy, accelerator))
     strat = build_strategy(strategy, split_search_params(strategy, params)[0], run_dir=run.file("search"),
                            **schedule.strategy_options(noise=STRATEGIES.get(strategy).noise_on_w),
                            **(term.strategy_options() if term is not None else {}))
@@ -206,7 +213,8 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                 fps_size: int = EvalConfig.fps_size, fps_batch: int = EvalConfig.fps_batch,
                 fps_seconds: float = EvalConfig.fps_seconds, overwrite: bool = False, resume: bool = False,
                 progress: bool = True, accelerator: str = "auto", log: Log = print, method: Optional[str] = None,
-                params: Optional[dict[str, Any]] = None, report_to_nni: bool = False) -> dict[str, Any]:
+                params: Optional[dict[str, Any]] = None, report_to_nni: bool = False,
+                devices: int = DEFAULT_DEVICES, dist_strategy: str = DEFAULT_DIST_STRATEGY) -> dict[str, Any]:
     """Train a fixed decoder (a searched ``connectivity.json`` or a hand-designed ``decoder``) with L_task only,
     evaluate it, and write ``metrics.json`` (the row Table 1 and Fig. 4 read).
 
@@ -226,6 +234,7 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
         method, params = method or decoder, dict(params or {})
     EvalConfig(fps_size=fps_size, fps_batch=fps_batch, fps_seconds=fps_seconds)  # checked before training
     check_inputs(data, model, decoder)
+    check_dist(devices, dist_strategy, accelerator)
     config = _base_config("retrain", method, params, train.seed, data, model)
     config.update(train=dataclasses.asdict(train), decoder=decoder,
                   connectivity=str(connectivity) if connectivity is not None else None,
@@ -245,7 +254,8 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
         layout.to_json(run.file("connectivity.json"), overwrite=True)
     log(f"[retrain] {method}: {train.epochs} epochs on {data.dataset}, run dir {run.path}")
     net, history, seconds = train_network(net, run, train, data, resume=run.resumed, progress=progress,
-                                          accelerator=accelerator, report_to_nni=report_to_nni)
+                                          accelerator=accelerator, report_to_nni=report_to_nni, devices=devices,
+                                          dist_strategy=dist_strategy)
     save_weights(net, run.file("model.pt"))
     scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, fps_seconds=fps_seconds,
                               progress=progress)
