@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     nets["fdn"] = load_run_network(out / "fdn")[0]
     for name in args.rows:
         desc, arc = ROWS[name]
-        schedule = SearchConfig(epochs=demo.search_epochs, learning_rate=demo.learning_rate, cost_size=demo.fps_size,
-                                **arc)
+        sized = {"cost_size": demo.fps_size} if arc.get("cost") else {}  # costs taken at the FPS side
+        schedule = SearchConfig(epochs=demo.search_epochs, learning_rate=demo.learning_rate, **sized, **arc)
         s0 = time.time()
         search = run_search(out / name / "search", "sparsemask",
                             {"lambda_sparse": demo.lambda_sparse, "threshold": demo.threshold, "seed": demo.seed},
