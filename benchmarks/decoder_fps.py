@@ -16,6 +16,10 @@ which bound the FPS ratio in the launch-bound (GPU at batch 1), compute-bound an
 
     python benchmarks/decoder_fps.py runs/search/connectivity.json --size 256
     python benchmarks/decoder_fps.py a/connectivity.json b/connectivity.json --decoder-channels 64 --device cuda
+    python benchmarks/decoder_fps.py runs/search --peers     # + the smp peer decoders (extra: peers) as rows
+
+``--peers`` adds the peer decoders of segmentation_models_pytorch (``smp-unet``, ``smp-fpn``, ``smp-deeplabv3plus``,
+``smp-pan``, ``smp-linknet``; ``baselines/smp_peers.py``) on the same backbone at smp's default widths.
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ from pathlib import Path
 import torch
 
 
-def build_networks(paths: list[str], decoder_channels: int, num_classes: int) -> dict[str, torch.nn.Module]:
-    from nni_sparsemask.run.registry import decoder_connectivity
+def build_networks(paths: list[str], decoder_channels: int, num_classes: int, peers: bool = False
+                   ) -> dict[str, torch.nn.Module]:
+    from nni_sparsemask.run.registry import DECODERS, build_decoder, decoder_connectivity
     from nni_sparsemask.fdn.connectivity import Connectivity
     from nni_sparsemask.fdn.pruned import build_pruned
 
@@ -53,6 +58,8 @@ def build_networks(paths: list[str], decoder_channels: int, num_classes: int) ->
         nets[name] = build_pruned(conn, num_classes, decoder_channels)
     for name, conn in conns.items():
         nets[f"{name} ({len(conn.edges)} edges)"] = build_pruned(conn, num_classes, decoder_channels)
+    for name in (n for n in DECODERS if peers and n.startswith("smp-")):  # smp's own widths
+        nets[name] = build_decoder(name, first.backbone, num_classes, backbone_kwargs=kwargs)
     return nets
 
 
@@ -70,12 +77,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per network and pass")
     ap.add_argument("--json", help="also write the results here (an existing file is refused)")
+    ap.add_argument("--peers", action="store_true", help="also time the smp peer decoders (extra: peers)")
     args = ap.parse_args(argv)
     if args.json and Path(args.json).exists():
         raise SystemExit(f"{args.json} exists: pass another --json path (results are never overwritten)")
 
     torch.manual_seed(0)
-    nets = build_networks(args.connectivity, args.decoder_channels, args.num_classes)
+    nets = build_networks(args.connectivity, args.decoder_channels, args.num_classes, args.peers)
     forms = {"as built": False, "deploy": True}
     passes = {form: [] for form in forms}
     best = {}

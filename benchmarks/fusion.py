@@ -10,6 +10,10 @@ Each form runs in its own subprocess so that CPU peak RSS is measured cleanly (o
     python benchmarks/fusion.py --size 256 --device cpu --threads 2
 
 Prints both measurements and the efficient / naive ratios, with the device, input size and batch size.
+
+:func:`training_memory` is Table 2's setting instead (``benchmarks/gpu_suite.py`` calls it): the WHOLE network
+(encoder with gradients + every edge + the head) in one training step, its memory split into parameters and
+features (the tensors autograd keeps for the backward pass), on any backbone.
 """
 from __future__ import annotations
 
@@ -53,6 +57,68 @@ def efficient_decoder(space, features, g):
         edges = space.edges[label]
         outs[label] = fuse([e(outs[n]) for e, n in zip(edges, names)], features[l - 1].shape[-2:])
     return outs["D1"]
+
+
+def training_memory(form: str, backbone: str = "mobilenet_v2", backbone_kwargs: dict | None = None,
+                    size: int = 512, batch: int = 1, channels: int = 64, device: str = "cpu",
+                    repeats: int = 3) -> dict:
+    """Training-phase memory of the dense FDN on ``backbone`` with ``form`` fusion (``"efficient"`` or
+    ``"naive"``), encoder trained too: one forward + backward of ``batch`` images ``size`` x ``size``.
+
+    ``param_bytes``: the network's parameters; ``feature_bytes``: every tensor autograd saves for the backward
+    pass (each storage once, parameters not counted), the same on any device; on CUDA ``peak_bytes`` is the
+    peak allocated during the step above what was allocated before it (features, gradients, workspace; None on
+    the CPU). ``median_ms`` is the step's median time over ``repeats`` steps after a warm-up one.
+    """
+    from nni_sparsemask import FDNSpace
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    space = FDNSpace(backbone, num_classes=21, decoder_channels=channels, edge_bn=False,
+                     backbone_kwargs=dict(backbone_kwargs or {})).to(dev).train()
+    decoder = naive_decoder if form == "naive" else efficient_decoder
+    x = torch.randn(batch, 3, size, size, device=dev)
+    params = {p.untyped_storage().data_ptr() for p in space.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    def step(count: bool) -> None:
+        if count:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                features, g = space.encoder(x)
+                out = space.head(decoder(space, features, g), [size, size])
+        else:
+            features, g = space.encoder(x)
+            out = space.head(decoder(space, features, g), [size, size])
+        out.float().square().mean().backward()
+        space.zero_grad(set_to_none=False)
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    step(False)  # warm-up: kernels, allocator, gradients allocated once
+    sync()
+    peak = None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    step(True)
+    sync()
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step(False)
+        sync()
+        times.append(time.perf_counter() - t)
+    return {"form": form, "backbone": backbone, "backbone_kwargs": dict(backbone_kwargs or {}), "size": size,
+            "batch": batch, "param_bytes": sum(p.numel() * p.element_size() for p in space.parameters()),
+            "feature_bytes": sum(saved.values()), "peak_bytes": peak,
+            "median_ms": 1e3 * sorted(times)[len(times) // 2] if times else None}
 
 
 def run_one(form: str, args) -> dict:

@@ -151,7 +151,7 @@ def run_darts(args) -> list[float]:
     return _run_strategy(args, DARTS(), _darts_space(args))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
@@ -163,21 +163,36 @@ def main() -> None:
     p.add_argument("--backbone", default="convnet")
     p.add_argument("--backbone-kwargs", default='{"widths": [16, 32, 48, 64, 96]}')
     p.add_argument("--channels", type=int, default=32)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch is left out)")
+    return args
+
+
+RUNS = {"fdn": run_fdn, "sparsemask": run_sparsemask, "darts": run_darts}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """The three runs of :data:`RUNS`, interleaved ``args.repeats`` times: ``{"epochs": {run: [s, ...]},
+    "median": {run: s}, "device": str}`` (each run's first epoch left out)."""
+    epochs: dict[str, list[float]] = {k: [] for k in RUNS}
+    for _ in range(args.repeats):
+        for name, fn in RUNS.items():
+            epochs[name] += fn(args)[1:]
+    med = {k: statistics.median(v) for k, v in epochs.items()}
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {"epochs": epochs, "median": med, "device": device}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     import logging
     logging.getLogger("nni").setLevel(logging.ERROR)
 
-    runs = {"fdn": run_fdn, "sparsemask": run_sparsemask, "darts": run_darts}
-    epochs: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            epochs[name] += fn(args)[1:]
-    med = {k: statistics.median(v) for k, v in epochs.items()}
-    device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu ({args.threads} threads)"
+    result = measure(args)
+    epochs, med, device, runs = result["epochs"], result["median"], result["device"], RUNS
     print(f"device: {device}; {args.backbone} {args.backbone_kwargs}, C_dec {args.channels}, {args.size}x{args.size}, "
           f"batch {args.batch}, {args.scenes // args.batch} batches per epoch, median of {len(epochs['fdn'])} epochs")
     for name in runs:

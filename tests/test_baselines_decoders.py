@@ -148,9 +148,10 @@ def test_registry_refuses_duplicates_and_unknown_names():
 
 
 def test_known_decoders_and_strategies():
-    assert DECODERS.names() == ["deeplabv3", "fcn", "fdn", "sparseacn", "unet"]
+    assert DECODERS.names() == ["deeplabv3", "fcn", "fdn", "smp-deeplabv3plus", "smp-fpn", "smp-linknet", "smp-pan",
+                                "smp-unet", "sparseacn", "unet"]  # smp-*: tests/test_smp_peers.py
     assert STRATEGIES.names() == ["l1", "maskconnect", "rand_rule", "random", "sparsemask"]
-    with pytest.raises(ValueError, match="unknown decoder 'pspnet'.*deeplabv3, fcn, fdn, sparseacn, unet"):
+    with pytest.raises(ValueError, match="unknown decoder 'pspnet'.*deeplabv3, fcn, fdn, smp-.*sparseacn, unet"):
         build_decoder("pspnet")
     with pytest.raises(ValueError, match="unknown strategy 'enas'.*l1, maskconnect"):
         validate_strategy_args("enas", {})

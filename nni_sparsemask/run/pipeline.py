@@ -76,13 +76,12 @@ def check_inputs(data: DataConfig, model: ModelConfig, decoder: Optional[str] = 
         from nni_sparsemask.data.voc import VOCSegmentation
         VOCSegmentation(data.root, "train_aug" if data.sbd_root else "train", sbd_root=data.sbd_root)
         VOCSegmentation(data.root, "val")
-    if decoder == "deeplabv3":
-        from nni_sparsemask.baselines.deeplab import SUPPORTED_BACKBONES
-        if model.backbone not in SUPPORTED_BACKBONES:
-            raise ValueError(f"DeepLabV3 supports backbone(s) {', '.join(SUPPORTED_BACKBONES)}, got {model.backbone!r}")
     from nni_sparsemask.fdn.backbones import build_backbone
     weights = None if model.backbone_weights in (None, PRETRAINED) else model.backbone_weights
     info = build_backbone(model.backbone, weights=weights, **model.backbone_kwargs).feature_info
+    if decoder is not None:  # a head of its own takes only some backbones (DeepLabV3, the smp peers)
+        from nni_sparsemask.run.registry import check_decoder_backbone
+        check_decoder_backbone(decoder, model.backbone, info)
     stride = max(f.reduction for f in info)
     if data.batch_size == 1 and data.image_size <= stride:
         raise ValueError(f"image_size must be > {stride} with batch size 1 (backbone {model.backbone} reduces "

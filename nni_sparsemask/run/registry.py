@@ -1,5 +1,6 @@
-"""Registries of the baselines: decoders (``fcn``, ``unet``, ``sparseacn``, ``deeplabv3``, ``fdn``) and strategies
-(``sparsemask``, ``random``, ``rand_rule``, ``maskconnect``, ``l1``).
+"""Registries of the baselines: decoders (``fcn``, ``unet``, ``sparseacn``, ``deeplabv3``, ``fdn``; the peers of
+segmentation_models_pytorch ``smp-unet``, ``smp-fpn``, ``smp-deeplabv3plus``, ``smp-pan``, ``smp-linknet``, with
+the ``peers`` extra) and strategies (``sparsemask``, ``random``, ``rand_rule``, ``maskconnect``, ``l1``).
 
 A :class:`Registry` is a small dict that raises ``ValueError`` on a duplicate or unknown name (listing the known
 ones). Each :class:`StrategyEntry` declares the arguments it accepts as :class:`Param` specs, so that a CLI can
@@ -28,7 +29,8 @@ if TYPE_CHECKING:  # annotations only: reading the registry (the CLI's --help) i
 
 __all__ = ["Registry", "Param", "DecoderEntry", "StrategyEntry", "ConnectivitySampler", "DECODERS", "STRATEGIES",
            "decoder_connectivity", "build_decoder", "validate_strategy_args", "build_strategy",
-           "available_decoders", "available_strategies", "check_strategy_space", "split_search_params"]
+           "available_decoders", "available_strategies", "check_strategy_space", "split_search_params",
+           "check_decoder_backbone"]
 
 T = TypeVar("T")
 
@@ -73,16 +75,56 @@ class Registry(Generic[T]):
 # ------------------------------------------------------------------------------------------------ decoders
 @dataclass(frozen=True)
 class DecoderEntry:
-    """A decoder: ``connectivity`` builds a Connectivity of the FDN space (None for a head of its own, DeepLabV3)."""
+    """A decoder: ``connectivity`` builds a Connectivity of the FDN space (None for a head of its own: DeepLabV3,
+    the smp peers). A head of its own has ``build(backbone, num_classes, channels, backbone_kwargs,
+    backbone_weights) -> nn.Module`` and ``check(backbone, feature_info)``, which refuses a backbone it cannot take
+    (checked before a run writes anything)."""
 
     name: str
     description: str
     connectivity: Callable[..., Any] | None = None
     default_channels: int = 64
+    build: Callable[..., Any] | None = None
+    check: Callable[..., None] | None = None
 
     @property
     def in_fdn_space(self) -> bool:
         return self.connectivity is not None
+
+
+def _deeplabv3(backbone, num_classes, channels, backbone_kwargs, backbone_weights):
+    from nni_sparsemask.baselines.deeplab import DeepLabV3
+
+    return DeepLabV3(backbone, num_classes, aspp_channels=channels, backbone_weights=backbone_weights,
+                     backbone_kwargs=backbone_kwargs)
+
+
+def _deeplabv3_check(backbone, feature_info):
+    from nni_sparsemask.baselines.deeplab import SUPPORTED_BACKBONES
+
+    if backbone not in SUPPORTED_BACKBONES:
+        raise ValueError(f"DeepLabV3 supports backbone(s) {', '.join(SUPPORTED_BACKBONES)}, got {backbone!r}")
+
+
+def _smp_peer(peer: str) -> tuple[Callable[..., Any], Callable[..., None]]:
+    """``(build, check)`` of the smp peer decoder ``peer`` (smp imported when one is built or checked)."""
+
+    def build(backbone, num_classes, channels, backbone_kwargs, backbone_weights):
+        from nni_sparsemask.baselines.smp_peers import build_smp_network
+
+        return build_smp_network(peer, backbone, num_classes, channels, backbone_kwargs, backbone_weights)
+
+    def check(backbone, feature_info):
+        from nni_sparsemask.baselines.smp_peers import check_backbone
+
+        check_backbone(peer, backbone, feature_info)
+
+    return build, check
+
+
+#: smp peer -> (description, smp's default width)
+_SMP_PEERS = {"unet": ("U-Net", 256), "fpn": ("FPN", 256), "deeplabv3plus": ("DeepLabV3+", 256),
+              "pan": ("PAN", 32), "linknet": ("Linknet", 32)}
 
 
 def _decoders() -> Registry[DecoderEntry]:
@@ -95,7 +137,13 @@ def _decoders() -> Registry[DecoderEntry]:
                                            d.sparseacn))
     reg.register("fdn", DecoderEntry("fdn", "Fully Dense Network: every edge", d.dense))
     reg.register("deeplabv3", DecoderEntry("deeplabv3", "mobile DeepLabV3: dilated MobileNetV2 (OS 16) + ASPP's "
-                                           "1x1 and image-pooling branches", None, default_channels=256))
+                                           "1x1 and image-pooling branches", None, default_channels=256,
+                                           build=_deeplabv3, check=_deeplabv3_check))
+    for peer, (label, channels) in _SMP_PEERS.items():
+        build, check = _smp_peer(peer)
+        reg.register(f"smp-{peer}", DecoderEntry(
+            f"smp-{peer}", f"{label} of segmentation_models_pytorch on the backbone's stages (extra: peers)", None,
+            default_channels=channels, build=build, check=check))
     return reg
 
 
@@ -126,22 +174,27 @@ def build_decoder(name: str, backbone: str = "mobilenet_v2", num_classes: int = 
                   backbone_weights: str | os.PathLike | None = None):
     """The network (encoder + decoder ``name`` + head) as a plain ``nn.Module`` with ``.encoder``.
 
-    ``decoder_channels`` is ``C_dec`` for FDN-space decoders (default 64) and ``aspp_channels`` for ``deeplabv3``
-    (default 256).
+    ``decoder_channels`` is ``C_dec`` for FDN-space decoders (default 64), ``aspp_channels`` for ``deeplabv3``
+    (default 256) and the decoder's width for the smp peers (default smp's: see ``baselines/smp_peers.py``).
     """
     entry = DECODERS.get(name)
     channels = entry.default_channels if decoder_channels is None else decoder_channels
     if entry.connectivity is None:
-        from nni_sparsemask.baselines.deeplab import DeepLabV3
-
-        return DeepLabV3(backbone, num_classes, aspp_channels=channels, backbone_weights=backbone_weights,
-                         backbone_kwargs=backbone_kwargs)
+        return entry.build(backbone, num_classes, channels, backbone_kwargs, backbone_weights)
     from nni_sparsemask.fdn.backbones import build_backbone
     from nni_sparsemask.fdn.pruned import build_pruned
 
     encoder = build_backbone(backbone, weights=backbone_weights, **dict(backbone_kwargs or {}))
     conn = entry.connectivity(backbone, encoder.feature_info, backbone_kwargs)
     return build_pruned(conn, num_classes, channels, encoder=encoder)
+
+
+def check_decoder_backbone(name: str, backbone: str, feature_info: list[FeatureInfo]) -> None:
+    """Refuse a decoder with its own head on a ``backbone`` it cannot take (DeepLabV3: MobileNetV2 only; an smp
+    peer: a stage at each stride it reads, and smp installed). FDN-space decoders take any backbone."""
+    entry = DECODERS.get(name)
+    if entry.check is not None:
+        entry.check(backbone, feature_info)
 
 
 # ------------------------------------------------------------------------------------------------ strategies

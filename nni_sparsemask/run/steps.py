@@ -246,9 +246,9 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
     weights = resolve_backbone_weights(model, data, log, progress=progress)
     seed_everything(train.seed)
     net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=weights)
-    layout = conn  # the decoder's edges (None for DeepLabV3, a head of its own)
-    if conn is None and decoder != "deeplabv3":
-        from nni_sparsemask.run.registry import decoder_connectivity
+    layout = conn  # the decoder's edges (None for a head of its own: DeepLabV3, the smp peers)
+    from nni_sparsemask.run.registry import DECODERS, decoder_connectivity
+    if conn is None and DECODERS.get(decoder).in_fdn_space:
         layout = decoder_connectivity(decoder, model.backbone, net.encoder.feature_info, model.backbone_kwargs)
     if layout is not None:
         layout.to_json(run.file("connectivity.json"), overwrite=True)
@@ -294,8 +294,10 @@ def load_run_network(run_dir: str | Path) -> tuple[Any, DataConfig, ModelConfig]
     where = str(run_dir / "config.json")
     data = config_from_dict(DataConfig, config.get("data"), where)
     model = config_from_dict(ModelConfig, config.get("model"), where)
-    if config.get("decoder") == "deeplabv3":  # its own head: no connectivity
-        net = build_network(model, data.num_classes, decoder="deeplabv3")
+    from nni_sparsemask.run.registry import DECODERS
+    decoder = config.get("decoder")
+    if decoder is not None and not DECODERS.get(decoder).in_fdn_space:  # its own head: no connectivity
+        net = build_network(model, data.num_classes, decoder=decoder)
     else:
         net = build_network(model, data.num_classes, connectivity=Connectivity.from_json(run_dir / "connectivity.json"))
     return load_weights(net, run_dir / "model.pt"), data, model

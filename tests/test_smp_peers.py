@@ -1,0 +1,146 @@
+"""The peer decoders of segmentation_models_pytorch on this project's encoders (baselines/smp_peers.py): each builds
+on the convnet and on MobileNetV2, gives logits at the input size and trains; a backbone without the strides a
+decoder reads is one clear error; ``retrain --decoder smp-fpn`` runs end to end."""
+import json
+from importlib.util import find_spec
+
+import pytest
+import torch
+
+from nni_sparsemask.baselines.smp_peers import PEERS, select_stages
+from nni_sparsemask.fdn.backbones import FeatureInfo, build_backbone
+from nni_sparsemask.measure.params import count_parameters
+from nni_sparsemask.run.registry import DECODERS, build_decoder, decoder_connectivity
+
+needs_smp = pytest.mark.skipif(find_spec("segmentation_models_pytorch") is None,
+                               reason="segmentation-models-pytorch is not installed: pip install "
+                                      "'nni-sparsemask[peers]' (it is in the dev extra)")
+
+CONVNET = ("convnet", {"widths": [4, 6, 8, 10, 12]})
+MOBILENET = ("mobilenet_v2", {"width_mult": 0.35})
+TINY_MODEL = ["--backbone", "convnet", "--backbone-kwargs", '{"widths": [4, 8, 8, 8, 8]}', "--backbone-weights",
+              "none", "--decoder-channels", "8"]
+TINY_DATA = ["--image-size", "32", "--train-scenes", "32", "--val-scenes", "8", "--batch-size", "8"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only waits (and on a busy machine spins) on the first."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_peers_are_registered_as_heads_of_their_own():
+    names = [f"smp-{p}" for p in ("unet", "fpn", "deeplabv3plus", "pan", "linknet")]
+    assert set(names) <= set(DECODERS) and list(PEERS) == [n[4:] for n in names]
+    for name in names:
+        assert not DECODERS[name].in_fdn_space
+    with pytest.raises(ValueError, match="'smp-fpn' is not a point of the FDN space"):
+        decoder_connectivity("smp-fpn", *CONVNET[:1], backbone_kwargs=CONVNET[1])
+
+
+def test_the_deepest_stage_of_each_stride_is_read():
+    info = build_backbone("mobilenet_v2").feature_info  # 32/s2, 16/s2, 24/s4, 32/s8, 64/s16, 96/s16, 160/s32, ...
+    assert select_stages(info, "unet") == [1, 2, 3, 5, 8]  # 16 ch at s2, 24, 32, 96 at s16, 1280 at s32
+    assert [info[i].channels for i in select_stages(info, "unet")] == [16, 24, 32, 96, 1280]
+    assert select_stages(info, "fpn") == [None, 2, 3, 5, 8]
+    assert select_stages(info, "deeplabv3plus") == [None, 2, None, None, 8]
+
+
+@pytest.mark.parametrize("peer,missing", [("unet", "16, 32"), ("linknet", "16, 32"), ("fpn", "16, 32"),
+                                          ("deeplabv3plus", "32"), ("pan", "16, 32")])
+def test_a_backbone_without_the_strides_a_decoder_reads_is_refused(peer, missing):
+    info = [FeatureInfo(4, 2), FeatureInfo(6, 4), FeatureInfo(8, 8)]
+    with pytest.raises(ValueError, match=rf"smp-{peer} needs encoder features at stride\(s\) {missing} .*"
+                                         rf"'convnet' has stages at stride\(s\) 2, 4, 8"):
+        select_stages(info, peer, "backbone 'convnet'")
+
+
+@needs_smp
+def test_build_refuses_the_strides_and_unknown_peers():
+    with pytest.raises(ValueError, match=r"smp-unet needs encoder features at stride\(s\) 16, 32"):
+        build_decoder("smp-unet", "convnet", 3, backbone_kwargs={"widths": [4, 6, 8]})
+    from nni_sparsemask.baselines.smp_peers import build_smp_network
+    with pytest.raises(ValueError, match="unknown smp peer decoder 'segnet'"):
+        build_smp_network("segnet", *CONVNET[:1], backbone_kwargs=CONVNET[1])
+
+
+@needs_smp
+@pytest.mark.parametrize("backbone,kwargs", [CONVNET, MOBILENET], ids=["convnet", "mobilenet_v2"])
+@pytest.mark.parametrize("peer", PEERS)
+def test_every_peer_gives_input_size_logits_and_trains_one_step(peer, backbone, kwargs):
+    torch.manual_seed(0)
+    net = build_decoder(f"smp-{peer}", backbone, num_classes=3, decoder_channels=16, backbone_kwargs=kwargs)
+    assert isinstance(net.encoder, torch.nn.Module)
+    count = count_parameters(net)
+    print(f"smp-{peer} on {backbone} {kwargs}: {count} ({count.decoder} decoder parameters)")
+    assert count.decoder > 0 and count.encoder == sum(p.numel() for p in net.encoder.parameters())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    net.train()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    changed = {n for n, p in net.named_parameters() if not torch.equal(before[n], p)}
+    assert any(n.startswith("encoder.") for n in changed) and any(not n.startswith("encoder.") for n in changed)
+    net.eval()
+    with torch.no_grad():
+        for size in ((32, 32), (50, 70)):  # a side that is no multiple of 32 is padded and cropped back
+            out = net(torch.randn(1, 3, *size))
+            assert out.shape == (1, 3, *size) and torch.isfinite(out).all()
+
+
+@needs_smp
+def test_smp_defaults_are_the_widths_when_none_are_given():
+    net = build_decoder("smp-fpn", *CONVNET[:1], num_classes=3, backbone_kwargs=CONVNET[1])
+    assert net.decoder_channels == 256 and DECODERS["smp-pan"].default_channels == 32
+
+
+@needs_smp
+def test_retrain_smp_fpn_end_to_end_and_evaluate_again(tmp_path, capsys, isolated_cache):
+    from nni_sparsemask.cli import main
+    from nni_sparsemask.run.steps import load_run_network
+
+    run = tmp_path / "fpn"
+    assert main(["retrain", "--decoder", "smp-fpn", "--out", str(run), "--epochs", "1", "--fps-size", "32",
+                 "--no-progress"] + TINY_MODEL + TINY_DATA) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "smp-fpn" and metrics["edges"] is None and 0.0 <= metrics["miou"] <= 1.0
+    assert not (run / "connectivity.json").exists()  # a head of its own: no FDN edges
+    net, data, _ = load_run_network(run)  # rebuilt from config.json alone
+    assert type(net).__name__ == "SMPNetwork" and net.peer == "fpn" and net.decoder_channels == 8
+    assert main(["evaluate", str(run), "--fps-size", "32", "--device", "cpu", "--no-progress"]) == 0
+    assert (run / "evaluate.json").is_file()
+
+
+@needs_smp
+def test_retrain_refuses_a_backbone_without_the_strides_before_the_run_directory(tmp_path, capsys, isolated_cache):
+    from nni_sparsemask.cli import main
+
+    argv = ["retrain", "--decoder", "smp-unet", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress",
+            "--backbone", "convnet", "--backbone-kwargs", '{"widths": [4, 8, 8]}', "--backbone-weights", "none"]
+    assert main(argv + TINY_DATA) == 2
+    assert "smp-unet needs encoder features at stride(s) 16, 32" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@needs_smp
+def test_decoder_fps_times_the_peers_as_rows(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "decoder_fps", Path(__file__).resolve().parents[1] / "benchmarks" / "decoder_fps.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    conn = decoder_connectivity("unet", "convnet", backbone_kwargs={"widths": [4, 8, 8, 8, 8]})
+    (tmp_path / "connectivity.json").write_text(conn.to_json())
+    result = bench.main([str(tmp_path), "--size", "64", "--decoder-channels", "8", "--rounds", "1", "--seconds",
+                         "0.01", "--peers"])
+    timed = {r["network"] for r in result["rows"] if r["fps"] > 0}
+    assert {f"smp-{p}" for p in PEERS} <= timed
+    assert {c["network"] for c in result["costs"]} >= {f"smp-{p}" for p in PEERS}
