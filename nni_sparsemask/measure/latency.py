@@ -212,6 +212,25 @@ def _timer(device: torch.device, threads: int, min_run_time: float) -> Callable[
     return measure
 
 
+def _warn_if_busy(threads: int) -> None:
+    """Warn when other processes keep the CPU busy: their threads and ours oversubscribe the cores, and every
+    timed operation comes out many times slower (measured here: a 5 ms encoder timed at 500 ms at load 4 on 2
+    cores), which a cached table would then keep."""
+    import os
+    import warnings
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    if load > max(1.0, cores - threads + 0.5):
+        warnings.warn(f"profiling latency while the machine is busy (load average {load:.1f} on {cores} cores, "
+                      f"timing with {threads} threads): the table will be inflated by contention; profile on an "
+                      "idle machine (sparsemask profile --refresh) before a cost-aware search", RuntimeWarning,
+                      stacklevel=3)
+
+
 def _counter(kind: str) -> Callable[[nn.Module, tuple], float]:
     attr = {"bytes": "bytes_written", "flops": "flops", "ops": "ops"}[kind]
 
@@ -291,6 +310,8 @@ def profile_space(space_or_feature_info: Any, kind: str = "latency", input_size:
     if path is not None and path.is_file() and not refresh:
         return load_cost_table(path, key)
 
+    if timed and device.type == "cpu":
+        _warn_if_busy(threads)
     measure = _timer(device, threads, min_run_time) if timed else _counter(kind)
     with torch.no_grad():
         was_training = encoder.training
