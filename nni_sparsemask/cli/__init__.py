@@ -183,7 +183,8 @@ def _add_retrain_command(sub: Any) -> None:
     p = _command(sub, "retrain", "train a searched (--connectivity) or hand-designed (--decoder) decoder")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--connectivity", help="connectivity.json of a search or prune run")
-    which.add_argument("--decoder", help="fcn, unet, sparseacn, deeplabv3 or fdn")
+    which.add_argument("--decoder", help="fcn, unet, sparseacn, deeplabv3, fdn, or a segmentation_models_pytorch "
+                       "peer: smp-unet, smp-fpn, smp-deeplabv3plus, smp-pan, smp-linknet (pip install .[peers])")
     add_schedule(p, configs().TrainConfig)
     add_data(p)
     add_model(p)
