@@ -6,7 +6,7 @@ default). It prints one table (method, edges, mIoU, params encoder+decoder, FPS,
 per-class IoU of every network (so a background-only result is visible) and writes::
 
     OUT/config.json, OUT/search/ (search run), OUT/sparsemask/, OUT/fdn/, OUT/fcn/ (retrain runs),
-    OUT/w_heatmap.png (final w of the search), OUT/demo.json + OUT/table.md (the table), OUT/demo_seconds.json
+    OUT/w_heatmap.png (final w of the search), OUT/demo.json (the table, the seconds of every step) + OUT/table.md
 
 ``--resume`` continues an interrupted demo: finished steps are kept, an interrupted step resumes from its
 last checkpoint.
