@@ -8,6 +8,8 @@ files in ``__getitem__``; nothing is ever downloaded.
 """
 from __future__ import annotations
 
+import abc
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +138,7 @@ class Sample:
     mask: str
 
 
-class PairedFolder(torch.utils.data.Dataset):
+class PairedFolder(torch.utils.data.Dataset, abc.ABC):
     """Images paired with one annotation file each; subclasses set ``samples`` and define :meth:`load_target`.
 
     ``dataset[i]`` is ``transform(image, target)`` with ``image`` a PIL RGB image and ``target`` a PIL ``'L'``
@@ -167,9 +169,9 @@ class PairedFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @abc.abstractmethod
     def load_target(self, index: int) -> np.ndarray:
-        """The target of sample ``index`` as ``uint8 H x W`` labels (255 = ignore)."""
-        raise NotImplementedError
+        """The target of sample ``index`` as ``uint8 H x W`` labels (255 = ignore); each data set reads its own."""
 
     def _image_and_target(self, index: int, target: Optional[np.ndarray] = None) -> tuple[Any, Any]:
         """The PIL pair of sample ``index`` (``target``: the labels when the caller already has them)."""
