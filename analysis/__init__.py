@@ -2,6 +2,7 @@
 
 Modules, one idea each: :mod:`.families` (family names and order), :mod:`.results` (loading runs),
 :mod:`.nni_db` (a finished NNI experiment's trials, read from NNI's SQLite database: no manager, no NNI import),
+:mod:`.tasks` (each task's main score and how it is named: a copy of the run layer's table),
 :mod:`.table` (Table 1 and the gap table in markdown), :mod:`.figures` (Fig. 4, gap bars),
 :mod:`.connectivity_figures` (Fig. 5 heatmaps, w over epochs, architecture drawing), :mod:`.report`
 (``write_report``). Names are imported lazily: importing this package does no work.

@@ -1,5 +1,8 @@
 """Fig. 4 (accuracy vs speed / size, with Pareto fronts) and the binarisation-gap bar plot.
 
+Accuracy is the runs' main score (``main``: mIoU, max F-beta or ODS by their task, :mod:`.tasks`), named by the
+task on the axes ("ODS (%)").
+
 Plots are built on ``matplotlib.figure.Figure`` directly (the Agg canvas, no pyplot, no display, no global
 state) and returned, so callers and tests can inspect them; :func:`save_figure` writes a PNG.
 """
@@ -16,7 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-from .table import format_gap, group_labels, params_unit, summarize
+from .table import format_gap, group_labels, params_unit, summarize, task_of
+from .tasks import task_info
 
 __all__ = ["plot_tradeoff", "plot_binarization_gap", "pareto_front", "save_figure", "family_style"]
 
@@ -134,14 +138,14 @@ def _draw_front(ax, x: np.ndarray, y: np.ndarray, x_higher_better: bool) -> None
 
 
 def _tradeoff_points(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The runs with what Fig. 4 plots (``label``, ``dec`` in ``unit``, ``miou_pct``, ``gflops``, ``series``) and
-    the unit of the decoder parameters (``K`` or ``M``)."""
+    """The runs with what Fig. 4 plots (``label``, ``dec`` in ``unit``, ``main_pct``: the main score in %,
+    ``gflops``, ``series``) and the unit of the decoder parameters (``K`` or ``M``)."""
     work = df.copy()
     work["label"] = group_labels(work)
     unit = params_unit(list(work["params_decoder"]))
     div = 1e6 if unit == "M" else 1e3
     work["dec"] = work["params_decoder"] / div
-    work["miou_pct"] = work["miou"] * 100
+    work["main_pct"] = (work["main"] if "main" in work else work["miou"]) * 100
     work["gflops"] = work["flops"] / 1e9 if "flops" in work else np.nan
     # one series per family; hand-designed decoders and FDN ablations share one series each, named by text
     work["series"] = work["label"]
@@ -150,32 +154,35 @@ def _tradeoff_points(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return work, unit
 
 
-def _label_tradeoff_axes(axes: list, device: str | None, unit: str, log_params: bool) -> None:
-    """Axis labels and titles of Fig. 4's panels (FPS, decoder parameters, GFLOPs when there)."""
+def _label_tradeoff_axes(axes: list, device: str | None, unit: str, log_params: bool, score: str = "mIoU") -> None:
+    """Axis labels and titles of Fig. 4's panels (FPS, decoder parameters, GFLOPs when there); ``score``: the
+    name of the y axis' score (the task's main score)."""
     ax_fps, ax_par = axes[:2]
     ax_fps.set_xlabel("Inference speed (FPS, frames/s" + (f", {device}" if device is not None else "") + ")")
     ax_par.set_xlabel(f"Decoder parameters ({unit}" + (", log scale" if log_params else "") + ")")
-    ax_fps.set_ylabel("mIoU (%)")
-    ax_fps.set_title("mIoU vs FPS (up and right is better)")
-    ax_par.set_title("mIoU vs decoder size (up and left is better)")
+    ax_fps.set_ylabel(f"{score} (%)")
+    ax_fps.set_title(f"{score} vs FPS (up and right is better)")
+    ax_par.set_title(f"{score} vs decoder size (up and left is better)")
     if len(axes) > 2:
         axes[2].set_xlabel("GFLOPs per forward (at the FPS input size)")
-        axes[2].set_title("mIoU vs FLOPs (up and left is better)")
+        axes[2].set_title(f"{score} vs FLOPs (up and left is better)")
 
 
 def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder size (Fig. 4)") -> Figure:
-    """Fig. 4: mIoU vs FPS (left) and mIoU vs decoder parameters (middle), one point per run; a third panel,
-    mIoU vs GFLOPs per forward (at the FPS input size, the count no machine changes), when at least two runs
-    have it (``flops`` in ``metrics.json``).
+    """Fig. 4: the main score (mIoU; max F-beta, ODS for saliency, edge runs: one task per figure) vs FPS (left)
+    and vs decoder parameters (middle), one point per run; a third panel, the score vs GFLOPs per forward (at
+    the FPS input size, the count no machine changes), when at least two runs have it (``flops`` in
+    ``metrics.json``).
 
     One colour/marker per strategy family (MaskConnect k and L1 lambda in shades of one colour each); the
     hand-designed decoders are one series, the FDN ablations another, each decoder named by a text label at
-    its mean (placed so labels do not overlap). The dashed step line is the Pareto front (higher mIoU and
+    its mean (placed so labels do not overlap). The dashed step line is the Pareto front (higher score and
     higher FPS, resp. fewer parameters, is better). One legend for both panels sits below them. Each series
     is one scatter collection per panel.
     """
     if df.empty:
         raise ValueError("no runs to plot")
+    score = task_info(task_of(df)).label
     summary = summarize(df)
     styles = family_style(summary)
     work, unit = _tradeoff_points(df)
@@ -194,23 +201,23 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
         for series in order:
             sub = work[work["series"] == series]
             st = styles[sub["label"].iloc[0]]
-            ax.scatter(sub[xcol], sub["miou_pct"], c=[st["color"]], marker=st["marker"], s=st["s"],
+            ax.scatter(sub[xcol], sub["main_pct"], c=[st["color"]], marker=st["marker"], s=st["s"],
                        edgecolors="white" if st["marker"] != "*" else "black", linewidths=0.5, alpha=0.9,
                        label=series, zorder=3 if st["marker"] == "*" else 2)
         known = work[np.isfinite(work[xcol].to_numpy(float))]
-        _draw_front(ax, known[xcol].to_numpy(float), known["miou_pct"].to_numpy(float), higher)
+        _draw_front(ax, known[xcol].to_numpy(float), known["main_pct"].to_numpy(float), higher)
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.06, y=0.08)
     devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
-    _label_tradeoff_axes(axes, devices[0] if len(devices) == 1 else None, unit, log_params)
+    _label_tradeoff_axes(axes, devices[0] if len(devices) == 1 else None, unit, log_params, score)
     handles, labels = ax_fps.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title)
     named = work[work["kind"].isin(["hand", "ablation"])].groupby("label", sort=False)
     fig.draw_without_rendering()  # settle the layout so that label boxes can be measured
     for ax, (xcol, _) in zip(axes, panels):
-        points = [(label, sub[xcol].mean(), sub["miou_pct"].mean()) for label, sub in named
-                  if np.isfinite(sub[xcol].mean()) and np.isfinite(sub["miou_pct"].mean())]
+        points = [(label, sub[xcol].mean(), sub["main_pct"].mean()) for label, sub in named
+                  if np.isfinite(sub[xcol].mean()) and np.isfinite(sub["main_pct"].mean())]
         _place_labels(ax, points)
     return fig
 

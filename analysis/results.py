@@ -7,19 +7,23 @@
 * an NNI experiment, by id (read from its database, ``<experiments dir>/<id>/db/nni.sqlite``, read-only and
   without starting NNI's manager: :mod:`.nni_db`; ``experiments_dir`` = the experiment's
   ``experimentWorkingDirectory`` when it is not ``~/nni-experiments``) or as an object with ``export_data()`` (a
-  running ``nni.experiment.Experiment``): each succeeded trial's final result ``{'default': miou, 'fps': ...,
-  'run_dir': ...}`` gives a row, read from ``run_dir`` when that directory holds ``metrics.json``, else from the
+  running ``nni.experiment.Experiment``): each succeeded trial's final result ``{'default': main score, 'task':
+  ..., 'fps': ..., 'run_dir': ...}`` gives a row, read from ``run_dir`` when that directory holds ``metrics.json``, else from the
   final result itself. A trial that reports the run directory of an earlier trial (NNI ran the entry again after
   a resume and the trial reused the finished run) is skipped: every run is counted once.
 
 A run whose ``metrics.json`` is corrupt or incomplete is skipped with a ``UserWarning`` naming the file; the
 skipped runs are kept in ``df.attrs["skipped"]`` (see :func:`skipped_runs`) for the report. A root without any
-readable run is an error.
+readable run is an error. ``task=`` keeps the runs of one task (:func:`load_results`).
 
-Columns (:data:`CORE_COLUMNS`, with one column per hyper-parameter after ``kind``): ``method``, ``family``,
-``group``, ``kind`` (see :mod:`.families`), ``config`` (the hyper-parameters as sorted JSON, without
-:data:`REPLICATE_KEYS` and NNI's ``_``-keys: the grouping key of Table 1), ``seed``, ``miou``,
-``pixel_accuracy``, ``fg_iou``, ``params_encoder``, ``params_decoder``, ``fps``, ``fps_device``, ``flops``,
+Columns (:data:`CORE_COLUMNS`, with one column per hyper-parameter after ``dataset``): ``method``, ``family``,
+``group``, ``kind`` (see :mod:`.families`), ``task`` (``segmentation``, ``saliency`` or ``edges``:
+:mod:`.tasks`; ``metrics.json`` without one, from an earlier release: ``segmentation``), ``dataset`` (from
+``config.json``; None when unknown), ``config`` (the hyper-parameters as sorted JSON, without
+:data:`REPLICATE_KEYS` and NNI's ``_``-keys: the grouping key of Table 1), ``seed``, ``main`` (the run's main
+score: ``miou``, ``max_fbeta`` or ``ods`` by its task; what figures and tables rank by), the scores ``miou``,
+``pixel_accuracy``, ``fg_iou``, ``score``, ``max_fbeta``, ``mae``, ``ods``, ``ois``, ``ap`` (fractions in [0, 1];
+NaN when the run's task has no such score; the main score is required), ``params_encoder``, ``params_decoder``, ``fps``, ``fps_device``, ``flops``,
 ``ops``, ``bytes_written`` (per forward at the FPS input size, :mod:`nni_sparsemask.measure.cost`; NaN for runs evaluated
 before they were counted), ``edges``, ``stages``, ``binarization_gap`` (``inf`` when every dropped w is exactly 0, NaN when unknown),
 ``search_seconds``, ``train_seconds``, ``run_dir``, ``connectivity`` (path or None), ``source`` (``rundir`` or
@@ -39,16 +43,17 @@ import pandas as pd
 
 from .families import family_of
 from .nni_db import find_database, read_trials
+from .tasks import DEFAULT_TASK, SCORE_COLUMNS, check_task_name, task_info
 
 __all__ = ["load_results", "save_csv", "skipped_runs", "find_runs", "read_run", "SkippedRun", "CORE_COLUMNS"]
 
 CORE_COLUMNS = [
-    "method", "family", "group", "kind", "config", "seed", "miou", "pixel_accuracy", "fg_iou",
+    "method", "family", "group", "kind", "task", "dataset", "config", "seed", "main", *SCORE_COLUMNS,
     "params_encoder", "params_decoder", "fps", "fps_device", "flops", "ops", "bytes_written", "edges", "stages",
     "binarization_gap",
     "search_seconds", "train_seconds", "run_dir", "connectivity", "source", "trial_id",
 ]
-_NUMERIC = ["miou", "pixel_accuracy", "fg_iou", "params_encoder", "params_decoder", "fps", "flops", "ops",
+_NUMERIC = [*SCORE_COLUMNS, "params_encoder", "params_decoder", "fps", "flops", "ops",
             "bytes_written", "edges", "stages", "binarization_gap", "search_seconds", "train_seconds"]
 #: hyper-parameters that tell replicates apart, not settings (left out of ``config``, the grouping key)
 REPLICATE_KEYS = ("seed", "sample")
@@ -90,8 +95,16 @@ def _number(value: Any, field: str, where: str, allow_none: bool = True) -> floa
     return float(value)
 
 
-def _row(method: Any, params: Mapping[str, Any], seed: Any, metrics: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """One DataFrame row from the pieces every source has; raises ``ValueError`` on unusable content."""
+def _row(method: Any, params: Mapping[str, Any], seed: Any, metrics: Mapping[str, Any], where: str,
+         task: Any = None, dataset: Any = None) -> dict[str, Any]:
+    """One DataFrame row from the pieces every source has; raises ``ValueError`` on unusable content.
+
+    ``task``: the run's task (None: :data:`.tasks.DEFAULT_TASK`, a run of an earlier release); its main score
+    must be there, and every score that is there must be a fraction."""
+    info = task_info(check_task_name(DEFAULT_TASK if task is None else task, where))
+    named = metrics.get("main")
+    if named is not None and named != info.main:
+        raise ValueError(f"{where}: main score {named!r} is not the main score of task {info.name} ({info.main})")
     if not isinstance(method, str) or not method:
         raise ValueError(f"{where}: no 'method' (expected a non-empty string, got {method!r})")
     if not isinstance(params, Mapping):
@@ -101,6 +114,7 @@ def _row(method: Any, params: Mapping[str, Any], seed: Any, metrics: Mapping[str
     # index, and NNI's own keys ("_name" of a nested choice)
     setting = {k: v for k, v in params.items() if k not in REPLICATE_KEYS and not str(k).startswith("_")}
     row: dict[str, Any] = {"method": method, "family": fam.name, "group": fam.group, "kind": fam.kind,
+                           "task": info.name, "dataset": dataset if isinstance(dataset, str) else None,
                            "config": json.dumps(setting, sort_keys=True, default=str)}
     if seed is None and isinstance(params.get("seed"), int):
         seed = params["seed"]
@@ -108,9 +122,11 @@ def _row(method: Any, params: Mapping[str, Any], seed: Any, metrics: Mapping[str
         raise ValueError(f"{where}: 'seed' must be an integer, got {seed!r}")
     row["seed"] = seed
     for key in _NUMERIC:
-        row[key] = _number(metrics.get(key), key, where, allow_none=key != "miou")
-    if not 0.0 <= row["miou"] <= 1.0:
-        raise ValueError(f"{where}: miou {row['miou']} is outside [0, 1] (expected a fraction, not a percentage)")
+        row[key] = _number(metrics.get(key), key, where, allow_none=key != info.main)
+    for key in SCORE_COLUMNS:
+        if (key == info.main or not math.isnan(row[key])) and not 0.0 <= row[key] <= 1.0:
+            raise ValueError(f"{where}: {key} {row[key]} is outside [0, 1] (expected a fraction, not a percentage)")
+    row["main"] = row[info.main]
     row["fps_device"] = metrics.get("fps_device")
     for key, value in params.items():
         column = f"param_{key}" if key in CORE_COLUMNS else str(key)
@@ -146,7 +162,9 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     params.update(metrics.get("params") or {})
     method = metrics.get("method", config.get("method"))
     seed = metrics.get("seed", config.get("seed"))
-    row = _row(method, params, seed, metrics, str(path))
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    row = _row(method, params, seed, metrics, str(path), task=metrics.get("task", data.get("task")),
+               dataset=metrics.get("dataset", data.get("dataset")))
     conn = run_dir / "connectivity.json"
     row.update(run_dir=str(run_dir), connectivity=str(conn) if conn.is_file() else None, source="rundir",
                trial_id=None)
@@ -200,7 +218,7 @@ def _rows_from_trials(trials: Iterable[Any], skipped: list[SkippedRun], label: s
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = {"default": value}
             if not isinstance(value, Mapping) or "default" not in value:
-                raise ValueError(f"{where}: final result has no 'default' (mIoU): {value!r}")
+                raise ValueError(f"{where}: final result has no 'default' (the main score): {value!r}")
             run_dir = value.get("run_dir")
             if run_dir:
                 key = str(Path(run_dir).resolve())
@@ -215,8 +233,11 @@ def _rows_from_trials(trials: Iterable[Any], skipped: list[SkippedRun], label: s
                 if not isinstance(params, Mapping):
                     params = {k: v for k, v in parameter.items() if k not in ("method", "strategy", "seed")}
                 metrics = dict(value)
-                metrics["miou"] = metrics.get("miou", metrics["default"])
-                row = _row(method, params, value.get("seed", parameter.get("seed")), metrics, where)
+                task = metrics.get("task")
+                main = task_info(check_task_name(DEFAULT_TASK if task is None else task, where)).main
+                metrics[main] = metrics.get(main, metrics["default"])
+                row = _row(method, params, value.get("seed", parameter.get("seed")), metrics, where, task=task,
+                           dataset=metrics.get("dataset"))
                 row.update(run_dir=str(run_dir) if run_dir else None, connectivity=None)
             row.update(source="nni", trial_id=trial_id)
             rows.append(row)
@@ -226,14 +247,20 @@ def _rows_from_trials(trials: Iterable[Any], skipped: list[SkippedRun], label: s
 
 
 # ------------------------------------------------------------------------------------------------ public
-def load_results(source: Any, experiments_dir: str | Path | None = None) -> pd.DataFrame:
+def load_results(source: Any, experiments_dir: str | Path | None = None, task: str | None = None) -> pd.DataFrame:
     """One row per finished run from a root of run directories, an NNI experiment id, or an object with
     ``export_data()`` (an ``nni.experiment.Experiment``). See the module docstring for the columns.
+
+    ``task``: keep only the runs of that task (the others are counted in ``df.attrs["other_tasks"]``,
+    ``{task: runs}``); a run directory given as ``source`` whose task is another one is refused
+    (``ValueError``), and so is a source with no run of ``task``.
 
     ``experiments_dir``: where an experiment id's folder is (its ``experimentWorkingDirectory``); by default
     ``$NNI_EXPERIMENT_DIR``, the directory NNI's experiment list records for the id and ``~/nni-experiments``
     (:func:`.nni_db.find_database`). A corrupt or unreadable database is a ``ValueError``
     (:class:`.nni_db.NNIDatabaseError`)."""
+    if task is not None:
+        check_task_name(task)
     skipped: list[SkippedRun] = []
     what = f"a run is a directory holding {METRICS}"
     if hasattr(source, "export_data"):
@@ -257,9 +284,33 @@ def load_results(source: Any, experiments_dir: str | Path | None = None) -> pd.D
     if not rows:
         detail = (f"; skipped {len(skipped)}: " + "; ".join(f"{s.path} ({s.reason})" for s in skipped)) if skipped else ""
         raise ValueError(f"no finished runs in {label} ({what}){detail}")
+    other_tasks: dict[str, int] = {}
+    if task is not None:
+        rows, other_tasks = _of_task(rows, task, source, label)
     df = _frame(rows)
     df.attrs["skipped"] = [asdict(s) for s in skipped]
+    df.attrs["other_tasks"] = other_tasks
     return df
+
+
+def _of_task(rows: list[dict[str, Any]], task: str, source: Any,
+             label: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The rows of ``task`` and how many runs of each other task were left out; refuses a run directory given
+    directly that is of another task, and a source without any run of ``task``."""
+    if isinstance(source, (str, Path)) and (Path(source) / METRICS).is_file():
+        own = next((r for r in rows if r["run_dir"] == str(Path(source))), None)
+        if own is not None and own["task"] != task:
+            raise ValueError(f"{source} is a run of task {own['task']}, not {task}: report it with --task "
+                             f"{own['task']} (task={own['task']!r}) or without --task")
+    other: dict[str, int] = {}
+    for r in rows:
+        if r["task"] != task:
+            other[r["task"]] = other.get(r["task"], 0) + 1
+    kept = [r for r in rows if r["task"] == task]
+    if not kept:
+        found = ", ".join(f"{t} ({n} run{'' if n == 1 else 's'})" for t, n in sorted(other.items()))
+        raise ValueError(f"no runs of task {task} in {label}; found {found}")
+    return kept, other
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -268,7 +319,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     head = CORE_COLUMNS[:CORE_COLUMNS.index("config")]
     tail = CORE_COLUMNS[CORE_COLUMNS.index("config"):]
     df = df.reindex(columns=head + param_cols + tail)
-    for col in _NUMERIC:
+    for col in _NUMERIC + ["main"]:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["seed"] = df["seed"].astype("Int64")
     return df.reset_index(drop=True)

@@ -7,6 +7,10 @@ as well); numbers over several runs of a group are ``mean ± std`` with the samp
 seed is run-to-run nondeterminism, not variation over seeds. #Params is ``encoder+decoder`` as in Table 1
 (``2.22+0.56M``), in M, or in K when some part would round to 0.00M. Rows follow :attr:`.families.Family.order`:
 hand-designed decoders, FDN ablations, then the search methods with SparseMask last.
+
+The score columns follow the runs' task (:mod:`.tasks`; one task per table): segmentation shows mIoU (PixAcc,
+mIoU and Score, ADE20K's, for ADE20K runs), saliency max F-beta and MAE (lower is better, shown as a fraction),
+edges ODS, OIS and AP.
 """
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from .families import family_of, format_number
+from .tasks import ADE20K_TABLE_SCORES, DEFAULT_TASK, SCORE_COLUMNS, SCORE_LABELS, TABLE_SCORES, single_task, task_info
 
 __all__ = ["summarize", "group_labels", "table1_markdown", "gap_table_markdown", "format_params", "format_mean_std",
-           "format_gap", "markdown_table", "params_unit"]
+           "format_gap", "markdown_table", "params_unit", "task_of", "table_scores"]
 
 MISSING = "-"
 
@@ -53,8 +58,24 @@ def group_labels(df: pd.DataFrame) -> pd.Series:
     return labels
 
 
+def task_of(df: pd.DataFrame) -> str:
+    """The one task of ``df``'s runs (``segmentation`` without a ``task`` column); runs of several tasks are a
+    ``ValueError``."""
+    return single_task(df["task"]) if "task" in df else DEFAULT_TASK
+
+
+def table_scores(df: pd.DataFrame) -> tuple[str, ...]:
+    """The score columns of Table 1 for ``df``'s task (segmentation on ADE20K: PixAcc, mIoU, Score)."""
+    task = task_of(df)
+    if task == "segmentation" and "dataset" in df and (df["dataset"] == "ade20k").any():
+        return ADE20K_TABLE_SCORES
+    return TABLE_SCORES[task]
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per table entry: label, group, kind, n, mean/std of mIoU, FPS, params and edges, gap stats."""
+    """One row per table entry: label, group, kind, n, mean/std of the main score (``main_mean``, ``main_std``),
+    of each score column present (``<score>_mean``, ``<score>_std``: ``miou_mean``, ...), FPS, params and edges,
+    gap stats."""
     if df.empty:
         raise ValueError("no runs to summarize")
     work = df.copy()
@@ -64,10 +85,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         first = sub.iloc[0]
         fam = family_of(first["method"], json.loads(first["config"]))
         gaps = sub["binarization_gap"].dropna()
+        scores = {}
+        for col in ("main", *SCORE_COLUMNS):
+            if col in sub:
+                scores.update({f"{col}_mean": sub[col].mean(), f"{col}_std": _std(sub[col])})
         out.append({
             "label": label, "family": first["family"], "group": first["group"], "kind": first["kind"],
-            "order": fam.order + (label,), "n": len(sub), **_replicates(sub),
-            "miou_mean": sub["miou"].mean(), "miou_std": _std(sub["miou"]),
+            "order": fam.order + (label,), "n": len(sub), **_replicates(sub), **scores,
             "fps_mean": sub["fps"].mean(), "fps_std": _std(sub["fps"]),
             "params_encoder": sub["params_encoder"].mean(), "params_decoder": sub["params_decoder"].mean(),
             "edges_mean": sub["edges"].mean(), "edges_std": _std(sub["edges"]),
@@ -125,23 +149,36 @@ def _fps_decimals(mean: float) -> int:
     return 0 if np.isfinite(mean) and mean >= 10 else 1
 
 
+def _format_score(row: pd.Series, col: str, lower_is_better: Sequence[str]) -> str:
+    """A score of Table 1: a percentage, or a fraction with 3 decimals for a lower-is-better one (MAE)."""
+    if col in lower_is_better:
+        return format_mean_std(row[f"{col}_mean"], row[f"{col}_std"], 3)
+    return format_mean_std(row[f"{col}_mean"], row[f"{col}_std"], 2, 100.0, "%")
+
+
 def table1_markdown(df: pd.DataFrame) -> str:
-    """Table 1: Method | mIoU | #Params (encoder+decoder) | FPS | Edges | Runs, plus a line on how FPS was measured."""
+    """Table 1: Method | <the task's scores> | #Params (encoder+decoder) | FPS | Edges | Runs, plus a line on how FPS
+    was measured. The scores are :func:`table_scores` (segmentation: mIoU)."""
+    info = task_info(task_of(df))
+    cols = table_scores(df)
     s = summarize(df)
     unit = params_unit(list(s["params_encoder"]) + list(s["params_decoder"]))
     rows = []
     for _, r in s.iterrows():
         rows.append([
             r["label"],
-            format_mean_std(r["miou_mean"], r["miou_std"], 2, 100.0, "%"),
+            *(_format_score(r, col, info.lower_is_better) for col in cols),
             format_params(r["params_encoder"], r["params_decoder"], unit),
             format_mean_std(r["fps_mean"], r["fps_std"], _fps_decimals(r["fps_mean"])),
             format_mean_std(r["edges_mean"], r["edges_std"], 0 if not r["edges_std"] > 0 else 1),
             _runs(r),
         ])
-    table = markdown_table(["Method", "mIoU", f"#Params ({unit})", "FPS", "Edges", "Runs"], rows, "lrrrrr")
+    table = markdown_table(["Method", *(SCORE_LABELS[c] for c in cols), f"#Params ({unit})", "FPS", "Edges", "Runs"],
+                           rows, "l" + "r" * (len(cols) + 4))
     devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
-    note = "\n\nmIoU and FPS: mean ± sample std over the runs of a row where it has several"
+    lower = [SCORE_LABELS[c] for c in cols if c in info.lower_is_better]
+    note = (f"\n\n{SCORE_LABELS[cols[0]] if len(cols) == 1 else 'Scores'} and FPS: mean ± sample std over the runs "
+            "of a row where it has several" + (f" ({', '.join(lower)}: lower is better)" if lower else ""))
     if ((s["seeds"] > 0) & (s["distinct"] < s["n"])).any():
         note += ("; Runs 'n (k seeds)': the runs repeat a seed, so their ± is the run-to-run spread of the same "
                  "seed (nondeterminism), not variation over seeds")

@@ -110,7 +110,7 @@ def _demo(args) -> int:
 def _report(args) -> int:
     from nni_sparsemask.analysis import write_report
 
-    path = write_report(args.source, args.out, overwrite=args.overwrite)
+    path = write_report(args.source, args.out, overwrite=args.overwrite, task=args.task)
     print(f"report written: {path}")
     return 0
 
@@ -241,6 +241,9 @@ def _add_report_command(sub: Any) -> None:
     p.add_argument("source", help="a folder of run directories, or an NNI experiment id")
     p.add_argument("--out", required=True, help="report folder (report.md, results.csv, figures)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument("--task", default=None,
+                   help="report only the runs of this task (segmentation, saliency, edges); runs of several tasks "
+                        "are refused without it")
     p.set_defaults(func=_report)
 
 
