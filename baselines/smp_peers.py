@@ -26,7 +26,10 @@ What each decoder reads (encoder depth 5, smp's defaults otherwise; ``decoder_ch
 The segmentation head is smp's (3x3 convolution for U-Net and PAN, 1x1 for the others, as smp's models), followed
 by one bilinear resize to the input size where the output is at stride 4. Inputs of any size work: one whose
 sides are not multiples of the deepest stride is zero-padded (bottom and right) to them and the logits are
-cropped back (smp's decoders add features of adjacent strides, so they need exact multiples).
+cropped back (smp's decoders add features of adjacent strides, so they need exact multiples). While traced for
+export (``sparsemask export``, :mod:`nni_sparsemask.measure.export`) the forward branches on no size: it always
+pads (maybe by 0), crops by a negative pad and takes PAN's ``max(8, side)`` symbolically, so that one exported
+file (ONNX, TorchScript, ExportedProgram) is right at every height and width.
 
 ``network.encoder`` is the backbone: everything else (smp decoder + head) is the decoder, for the parameter split
 of :mod:`nni_sparsemask.measure.params` and the decoder learning rate of training. smp is an optional dependency
@@ -52,6 +55,8 @@ SMP_STRIDES = (1, 2, 4, 8, 16, 32)
 STRIDES = {"unet": (2, 4, 8, 16, 32), "fpn": (4, 8, 16, 32), "deeplabv3plus": (4, 32), "pan": (4, 8, 16, 32),
            "linknet": (2, 4, 8, 16, 32)}
 PEERS = tuple(STRIDES)
+#: peer -> the stride of its head's output (resized to the input size when not 1)
+OUTPUT_STRIDE = {"unet": 1, "fpn": 4, "deeplabv3plus": 4, "pan": 4, "linknet": 1}
 #: smp's default width of each decoder (``decoder_channels`` None)
 DEFAULT_CHANNELS = {"unet": 256, "fpn": 256, "deeplabv3plus": 256, "pan": 32, "linknet": 32}
 LABELS = {"unet": "U-Net (smp)", "fpn": "FPN (smp)", "deeplabv3plus": "DeepLabV3+ (smp)", "pan": "PAN (smp)",
@@ -95,6 +100,13 @@ def check_backbone(peer: str, backbone: str, feature_info: Sequence[FeatureInfo]
     require_smp()
 
 
+def _symbolic(*sides) -> bool:
+    """True while the forward is traced for export (:mod:`nni_sparsemask.measure.export`): ``torch.export`` /
+    ``torch.onnx`` give symbolic sides (``SymInt``), ``torch.jit.trace`` records them (0-d tensors). The forward
+    then takes no branch on a side, so that the exported program is right for every height and width."""
+    return torch.jit.is_tracing() or not all(isinstance(s, int) for s in sides)
+
+
 class _FitPyramid(nn.Module):
     """PAN's feature pyramid attention on a deep feature resized, if needed, to sides of 8 at least."""
 
@@ -103,7 +115,10 @@ class _FitPyramid(nn.Module):
         self.fpa = fpa
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = int(x.shape[-2]), int(x.shape[-1])
+        h, w = x.shape[-2], x.shape[-1]
+        if _symbolic(h, w):  # traced for export: sides max(8, side) without a branch on them
+            fit = [s.clamp(min=8) if isinstance(s, torch.Tensor) else torch.sym_max(8, s) for s in (h, w)]
+            return self.fpa(F.interpolate(x, size=fit, mode="bilinear", align_corners=False))  # same size: a copy
         fit = (max(8, h), max(8, w))
         if fit != (h, w):
             x = F.interpolate(x, size=fit, mode="bilinear", align_corners=False)
@@ -139,8 +154,12 @@ def _decoder(peer: str, channels: list[int], c: int, deep_stride: int) -> tuple[
 class SMPNetwork(nn.Module):
     """This project's ``encoder`` + smp's ``peer`` decoder + smp's segmentation head; see the module docstring.
 
-    ``forward(x)`` returns logits ``(N, num_classes, H, W)`` at the input size.
+    ``forward(x)`` returns logits ``(N, num_classes, H, W)`` at the input size. It branches on no side while traced
+    (``symbolic_sizes``): ``sparsemask export`` writes the network as it is (BN folded), for any height and width.
     """
+
+    #: the forward keeps every size symbolic under tracing (read by :func:`nni_sparsemask.measure.export.export_form`)
+    symbolic_sizes = True
 
     def __init__(self, peer: str, encoder: Encoder, num_classes: int = 21, decoder_channels: int | None = None):
         super().__init__()
@@ -168,16 +187,21 @@ class SMPNetwork(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = int(x.shape[-2]), int(x.shape[-1])
+        h, w = x.shape[-2], x.shape[-1]
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
-        if pad_h or pad_w:
+        padded = _symbolic(h, w) or bool(pad_h or pad_w)  # traced for export: always pad (maybe by 0) and crop
+        if padded:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         features, _ = self.encoder(x)
         logits = self.segmentation_head(self.decoder([x] + [None if i is None else features[i]
                                                             for i in self.stage_index]))
-        if logits.shape[-2:] != x.shape[-2:]:
+        if OUTPUT_STRIDE[self.peer] != 1:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :h, :w] if pad_h or pad_w else logits
+        if not padded:
+            return logits
+        if _symbolic(h, w):  # crop by a negative pad: a new tensor, no guard on whether the view is contiguous
+            return F.pad(logits, (0, -pad_w, 0, -pad_h))
+        return logits[..., :h, :w]
 
 
 def build_smp_network(peer: str, backbone: str = "mobilenet_v2", num_classes: int = 21,

@@ -3,6 +3,7 @@ ExportedProgram, BN folded, at input sizes other than the traced one; and the re
 written."""
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -99,6 +100,56 @@ def test_onnxruntime_graph_optimisation_counts(onnx_file, tmp_path):
     before, after = onnx_op_counts(onnx_file, tmp_path / "optimized.onnx")
     assert before["Resize"] >= 1 and before["Conv"] >= 1 and before["Add"] >= 1
     assert (tmp_path / "optimized.onnx").is_file() and sum(after.values()) > 0
+
+
+# ------------------------------------------------------------------------------------ decoders with their own head
+@pytest.fixture(scope="module")
+def smp_run_dir(tmp_path_factory):
+    """A finished retrain run of the smp peer U-Net (1 epoch on 16 DigitScenes images, widths 8, 4, 2, 1, 1)."""
+    pytest.importorskip("segmentation_models_pytorch")
+    base = tmp_path_factory.mktemp("export-smp")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sm-cache"))
+        run_retrain(base / "run", DATA, MODEL, TrainConfig(epochs=1, learning_rate=0.01), decoder="smp-unet",
+                    fps_size=32, fps_batch=1, fps_seconds=0.05, progress=False, accelerator="cpu", log=lambda s: None)
+    return base / "run"
+
+
+@pytest.mark.slow  # the ONNX export alone is 8-12 s of CPU (torch.export + onnxscript); the trace test below is quick
+def test_an_smp_peer_run_exports_to_onnx_at_any_size(smp_run_dir, tmp_path):
+    """The peer's forward pads the input to a multiple of 32 and crops the logits back: both follow the symbolic
+    size (50 x 70 is padded to 64 x 96)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    net = load_run_network(smp_run_dir)[0].eval()
+    assert type(net).__name__ == "SMPNetwork"
+    out = tmp_path / "unet.onnx"
+    assert main(["export", str(smp_run_dir), "--format", "onnx", "--out", str(out)]) == 0
+    run = load_exported("onnx", out)
+    for size in [(64, 64), (50, 70)]:
+        x, ref = _reference(net, size)
+        y = run(x.numpy())
+        assert y.shape == tuple(ref.shape) and np.abs(y - ref.numpy()).max() <= TOL
+
+
+def test_smp_peers_and_deeplabv3_trace_at_any_size():
+    """TorchScript (quick) of every smp peer and of mobile DeepLabV3 at sizes other than the traced one; PAN's
+    pyramid attention resizes a deep map under 8 px up to 8 (a clamp on the recorded side)."""
+    pytest.importorskip("segmentation_models_pytorch")
+    from nni_sparsemask.measure.export import export_form
+    from nni_sparsemask.run.registry import build_decoder
+
+    torch.manual_seed(0)
+    nets = {p: build_decoder(f"smp-{p}", MODEL.backbone, 3, 8, backbone_kwargs=MODEL.backbone_kwargs)
+            for p in ("unet", "fpn", "deeplabv3plus", "pan", "linknet")}
+    nets["deeplabv3"] = build_decoder("deeplabv3", "mobilenet_v2", 3, 8, backbone_kwargs={"width_mult": 0.35})
+    for name, net in nets.items():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(export_form(net.eval()), torch.randn(1, 3, 64, 64), check_trace=False)
+            for size in [(50, 70)] + [(300, 260)] * (name == "pan"):  # PAN: a deep map over 8 px too
+                x, ref = _reference(net, size)
+                assert (traced(x) - ref).abs().max().item() <= TOL, (name, size)
 
 
 # ------------------------------------------------------------------------------------------------ refusals

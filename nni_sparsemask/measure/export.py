@@ -138,10 +138,12 @@ def export_form(net: nn.Module) -> nn.Module:
     folded = inference_form(net, channels_last=False)
     if isinstance(folded, PrunedFDN):
         return SymbolicFDN(folded).eval()
+    if getattr(folded, "symbolic_sizes", False) is True:  # its own forward branches on no size (the smp peers)
+        return folded
     if all(isinstance(getattr(folded, n, None), nn.Module) for n in ("encoder", "aspp", "classifier")):
         return SymbolicEncoderHead(folded).eval()
     raise ValueError(f"cannot export a {type(net).__name__} with a dynamic input size: export takes the networks of "
-                     f"retrain runs (an FDN-space decoder from --connectivity / --decoder, or deeplabv3)")
+                     f"retrain runs (an FDN-space decoder from --connectivity / --decoder, deeplabv3 or an smp peer)")
 
 
 def _dynamic_shapes() -> dict[str, dict[int, object]]:
