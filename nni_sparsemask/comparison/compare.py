@@ -7,12 +7,17 @@
 2. Starts the experiment (``--resume ID``: continues a stopped one; GridSearch skips the finished entries and
    every trial reuses a finished run directory). On the ``local`` training service NNI's manager is kept on
    127.0.0.1 (:mod:`.manager`: its REST API and web UI have no authentication). Cluster training services need
-   the manager reachable from the workers: only with ``--expose``.
+   the manager reachable from the workers: only with ``--expose``, unless the workers reach it on loopback
+   (``remote`` machines that are all this machine, or a loopback ``nniManagerIp`` with SSH reverse tunnels).
 3. Prints the web UI address, follows the trials until the grid is done, writes the report (``write_report``:
    Table 1, Fig. 4, Fig. 5) into ``--results`` (default ``reports/<experiment id>``) and stops the manager by
    its own process id. Ctrl-C (or SIGTERM) stops it too; ``--resume ID`` carries on later.
 4. ``--stop ID`` stops what a ``compare`` recorded (its own process, the manager and the trials, by pid and start
    time: :func:`.manager.stop_recorded`), also after that ``compare`` was killed.
+
+``--dry-run CONFIG`` does step 1 only, lists every trial's command and says, one line each, what the trials
+need that is not here (data roots, backbone weights files, CUDA devices; :func:`.plan.dry_run`): exit status 2 if
+anything is missing, 0 otherwise; nothing is launched, nothing written.
 
 Wire it into the ``sparsemask`` command with :func:`register_cli`; ``python -m nni_sparsemask.comparison.compare`` runs it
 alone.
@@ -33,10 +38,11 @@ from typing import Any, Callable, Iterator, Optional
 from nni_sparsemask.comparison.manager import (manifest_entry, nni_error_line, record_processes, start_experiment,
                                                stop_experiment, stop_recorded)
 # the config checks live in .plan; their names stay importable from here
-from nni_sparsemask.comparison.plan import (TRIAL_MODULE, ComparisonPlan, load_config, plan_comparison,  # noqa: F401
-                                            validate_config)
+from nni_sparsemask.comparison.plan import (TRIAL_MODULE, ComparisonPlan, dry_run, load_config,  # noqa: F401
+                                            plan_comparison, validate_config)
 
-__all__ = ["ComparisonPlan", "load_config", "plan_comparison", "run_compare", "stop_compare", "register_cli", "main"]
+__all__ = ["ComparisonPlan", "load_config", "plan_comparison", "run_compare", "run_dry", "stop_compare",
+           "register_cli", "main"]
 
 FINISHED_STATUSES = ("DONE", "STOPPED", "ERROR")
 #: GridSearch ends with "no more trial" (NNI sets DONE only at maxTrialNumber): done once no trial is active
@@ -230,6 +236,32 @@ def run_compare(config: Optional[str | Path] = None, *, resume: Optional[str] = 
     return 0 if status == "DONE" and not failed else 1
 
 
+def run_dry(config: str | Path, log: Log = print, warn: Optional[Log] = None) -> int:
+    """``sparsemask compare --dry-run CONFIG``: the checks of a launch, every trial's command (``log``), one line
+    per missing piece (``warn``, default stderr); returns 2 if anything is missing, else 0. Launches nothing and
+    writes nothing."""
+    if warn is None:
+        warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    result = dry_run(load_config(config), str(config))
+    plan = result.plan
+    concurrency = getattr(plan.config, "trial_concurrency", None)
+    log(f"[dry-run] {config}: {plan.platform} training service, {len(result.commands)} trials"
+        + (f", {concurrency} at a time" if concurrency else "")
+        + (f"; each command runs in {result.code_directory}" if plan.platform == "local" else
+           f"; each command runs in the copy of {result.code_directory} NNI uploads"))
+    for i, (_, command) in enumerate(result.commands, 1):
+        log(f"trial {i}/{len(result.commands)}: {command}")
+    for note in result.notes:
+        log(f"[dry-run] note: {note}")
+    for line in result.missing:
+        warn(f"sparsemask compare: missing: {line}")
+    if result.missing:
+        log(f"[dry-run] {len(result.missing)} missing piece(s), see above; nothing was launched")
+        return 2
+    log("[dry-run] everything the trials need is here; nothing was launched")
+    return 0
+
+
 def stop_compare(experiment_id: str, experiments_dir: Optional[str | Path] = None, log: Log = print) -> int:
     """``sparsemask compare --stop ID``: stop the compare process, NNI's manager and the trials of experiment
     ``experiment_id`` that a ``compare`` recorded (also after it was killed); returns the exit status (0)."""
@@ -272,6 +304,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--stop", metavar="EXPERIMENT_ID", default=None,
                    help="stop an experiment a compare started (its manager and trials, by the pids it recorded), "
                         "also after that compare was killed")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check CONFIG and list every trial's command and what the trials need that is missing "
+                        "(data roots, weights files, CUDA devices; exit status 2 if anything is); launch nothing")
     p.add_argument("--port", type=int, default=8080, help="NNI manager / web UI port (default 8080)")
     p.add_argument("--results", default=None, metavar="DIR",
                    help="where the report goes (report.md, results.csv, figures; default reports/<experiment id>)")
@@ -291,6 +326,12 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        if args.stop is not None or args.resume is not None:
+            raise ValueError("--dry-run takes a CONFIG only, no --resume / --stop")
+        if args.config is None:
+            raise ValueError("--dry-run needs the experiment CONFIG, e.g. experiments/comparison-quick.yml")
+        return run_dry(args.config)
     if args.stop is not None:
         if args.config is not None or args.resume is not None:
             raise ValueError("--stop ID takes no CONFIG and no --resume")

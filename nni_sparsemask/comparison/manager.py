@@ -5,7 +5,8 @@ NNI's manager (a Node process) has no authentication on its REST API and web UI,
 every interface. On the ``local`` training service it therefore gets the preload ``loopback.js`` (``node
 --require`` through ``NODE_OPTIONS``), and after the start its listening sockets are checked: anything off
 loopback and it is stopped. Cluster training services need the manager reachable from the workers: only with
-``expose``.
+``expose``, unless the workers reach it on this machine's loopback (:func:`exposure_needed`: a loopback
+``nniManagerIp`` with SSH reverse tunnels, or a ``remote`` machine list of this machine only).
 
 What ``sparsemask compare`` started can be stopped later, also after the ``compare`` process itself was killed
 (``sparsemask compare --stop ID``, :func:`stop_recorded`): it records the processes it is responsible for, each as
@@ -22,13 +23,15 @@ import logging
 import os
 import socket
 import sys
+import time
 import traceback
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 __all__ = ["LOOPBACK_JS", "temporary_environ", "loopback_environment", "listening_addresses", "is_loopback",
-           "manager_pid", "manifest_entry", "start_experiment", "stop_experiment", "nni_error_line", "PROCESS_RECORD",
+           "remote_hosts", "loopback_workers", "exposure_needed", "pin_loopback_manager_ip", "manager_pid",
+           "manifest_entry", "start_experiment", "stop_experiment", "nni_error_line", "PROCESS_RECORD",
            "record_processes", "read_record", "stop_recorded"]
 
 LOOPBACK_JS = Path(__file__).with_name("loopback.js")
@@ -101,6 +104,62 @@ def _manager_ip(config: Any) -> str:
     return ""
 
 
+def remote_hosts(config: Any) -> list[str]:
+    """The ``host`` of every machine of the ``remote`` training service(s) of ``config`` ([] for other platforms)."""
+    ts = config.training_service
+    hosts = []
+    for service in (ts if isinstance(ts, list) else [ts]):
+        if getattr(service, "platform", None) == "remote":
+            hosts += [str(machine.host) for machine in (getattr(service, "machine_list", None) or [])]
+    return hosts
+
+
+def loopback_workers(config: Any) -> bool:
+    """True when ``config`` runs on the ``remote`` training service alone and every machine of its
+    ``machineList`` is this machine (a loopback host: ``127.0.0.1``, ``::1``, ``localhost``)."""
+    ts = config.training_service
+    if isinstance(ts, list) or getattr(ts, "platform", None) != "remote":
+        return False
+    hosts = remote_hosts(config)
+    return bool(hosts) and all(is_loopback(host) for host in hosts)
+
+
+def exposure_needed(config: Any, port: int = 8080) -> Optional[str]:
+    """None when NNI's manager of ``config`` can stay on 127.0.0.1 (no ``--expose``), else why it cannot (one line).
+
+    It can on the ``local`` training service; with a loopback ``nniManagerIp`` (the workers come through SSH reverse
+    tunnels); and on ``remote`` when every machine of ``machineList`` is this machine (the trial keepers connect to
+    ``nniManagerIp``, which must then be unset or a loopback address). Everything else needs ``--expose``.
+    """
+    ts = config.training_service
+    platform = "hybrid" if isinstance(ts, list) else getattr(ts, "platform", None)
+    if platform == "local":
+        return None
+    ip = _manager_ip(config)
+    if ip and is_loopback(ip):
+        return None
+    if loopback_workers(config):
+        if not ip:
+            return None
+        return (f"every machine of machineList is this machine, but nniManagerIp is {ip}: NNI's manager stays on "
+                "127.0.0.1, where the workers would not find it at that address; set nniManagerIp: 127.0.0.1 (or "
+                "leave it out), or pass --expose")
+    return (f"training service {platform!r}: the workers must reach NNI's manager, which then listens on every "
+            f"interface of this machine (ports {port} and {port + 1}: REST API and web UI without authentication); "
+            "pass --expose to accept that, behind a firewall, or give nniManagerIp: 127.0.0.1 with SSH reverse "
+            "tunnels from the workers (experiments/README.md)")
+
+
+def pin_loopback_manager_ip(config: Any) -> bool:
+    """Set ``nniManagerIp: 127.0.0.1`` on a ``remote`` ``config`` whose machines are all this machine and that sets
+    no ``nniManagerIp`` (NNI would hand the workers ``localhost``, which may resolve to ``::1``, where the manager
+    does not listen). Returns whether it was set."""
+    if loopback_workers(config) and not _manager_ip(config):
+        config.nni_manager_ip = "127.0.0.1"
+        return True
+    return False
+
+
 def _port_in_use(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
@@ -136,19 +195,18 @@ def start_experiment(plan: Any, port: int = 8080, *, resume: Optional[str] = Non
                      log: Log = print) -> Any:
     """Start (or ``resume``) the experiment of ``plan`` on ``port``; returns the running ``nni.experiment.Experiment``.
 
-    On ``local`` without ``expose`` the manager listens on 127.0.0.1 only (checked; otherwise it is stopped and a
-    ``RuntimeError`` raised). Other training services need ``expose`` (the workers must reach the manager).
+    Without ``expose`` the manager listens on 127.0.0.1 only (checked; otherwise it is stopped and a
+    ``RuntimeError`` raised): on ``local``, and on the other training services when the workers reach it there
+    (:func:`exposure_needed`); the others need ``expose``.
     """
     from nni.experiment import Experiment
 
     if isinstance(port, bool) or not isinstance(port, int) or not 1024 < port < 65535:
         raise ValueError(f"--port must be an integer in (1024, 65535), got {port!r}")
     loopback = not expose
-    if plan.platform != "local" and loopback and not is_loopback(_manager_ip(plan.config)):
-        raise ValueError(f"training service {plan.platform!r}: the workers must reach NNI's manager, which then "
-                         f"listens on every interface of this machine (ports {port} and {port + 1}: REST API and web "
-                         "UI without authentication); pass --expose to accept that, behind a firewall, or give "
-                         "nniManagerIp: 127.0.0.1 with SSH reverse tunnels from the workers (experiments/README.md)")
+    refusal = exposure_needed(plan.config, port) if loopback else None
+    if refusal is not None:
+        raise ValueError(refusal)
     ports = [port] if plan.platform == "local" else [port, port + 1]
     for p in ports:
         if _port_in_use(p):
@@ -320,6 +378,18 @@ def _running(proc: Any) -> bool:
         return False
 
 
+def _wait_ended(procs: list[Any], timeout: float) -> list[Any]:
+    """Wait up to ``timeout`` seconds for ``procs`` to end; returns those still running. A zombie has ended: its
+    parent (e.g. the shell or test that started ``compare``) reaps it when it gets to it, which may be after this
+    returns."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _running(p)]
+    return alive
+
+
 def _end(procs: list[Any], timeout: float) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds, to every process of ``procs`` still running."""
     import psutil
@@ -327,11 +397,11 @@ def _end(procs: list[Any], timeout: float) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = _wait_ended(procs, timeout)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(alive, timeout=timeout)
+    _wait_ended(alive, timeout)
 
 
 def stop_recorded(experiment_id: str, experiments_dir: Optional[str | Path] = None, log: Log = print,
@@ -364,8 +434,7 @@ def stop_recorded(experiment_id: str, experiments_dir: Optional[str | Path] = No
         running += 1
         log(f"[compare] stopping NNI's manager (pid {manager.pid}) of experiment {experiment_id}")
         if _rest_stop(record.get("port")):
-            with contextlib.suppress(psutil.TimeoutExpired, psutil.Error):
-                manager.wait(timeout=min(grace, 30.0))
+            _wait_ended([manager], min(grace, 30.0))
         _end([manager], grace)
     left = [p for p in targets if _running(p)]
     if left:
