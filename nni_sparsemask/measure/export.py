@@ -42,7 +42,7 @@ from torch import nn
 from nni_sparsemask.measure.deploy import inference_form
 
 __all__ = ["FORMATS", "SUFFIXES", "check_format", "check_target", "export_form", "export_network", "load_exported",
-           "onnx_op_counts", "smallest_side"]
+           "onnx_op_counts", "onnxruntime_session", "smallest_side"]
 
 #: the export formats, each with the file suffix it is usually given
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -230,10 +230,34 @@ def load_exported(fmt: str, path: str | os.PathLike):
         return torch.jit.load(str(path)).eval()
     if fmt == "exported-program":
         return torch.export.load(str(path)).module()
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session, _ = onnxruntime_session(path)
     return lambda image: session.run(None, {session.get_inputs()[0].name: image})[0]
+
+
+def onnxruntime_session(path: str | os.PathLike, device: str = "cpu", num_threads: int | None = None):
+    """An ONNX Runtime session of the ONNX file ``path`` and the provider it runs on: ``(session, provider)``.
+
+    ``device`` ``"cuda"`` (or ``"cuda:N"``) takes ``CUDAExecutionProvider`` when this ONNX Runtime has it (the
+    onnxruntime-gpu build), else the CPU's; ``num_threads`` sets the CPU provider's intra-op threads (default: ONNX
+    Runtime's, one per physical core). Graph optimisations at ONNX Runtime's default level (``ORT_ENABLE_ALL``).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError("running an ONNX file needs onnxruntime: pip install 'nni-sparsemask[export]'") from None
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N] for ONNX Runtime, got {device!r}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the warning that an NCHWc graph is specific to this CPU
+    if num_threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = int(num_threads), 1
+    provider = "CPUExecutionProvider"
+    providers: list = [provider]
+    if kind == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        provider = "CUDAExecutionProvider"
+        providers = [(provider, {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers), provider
 
 
 def onnx_op_counts(path: str | os.PathLike, optimized_path: str | os.PathLike | None = None,

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
 
 from nni_sparsemask.measure.deploy import AS_GIVEN, as_measured
 
-__all__ = ["FPSResult", "measure_fps"]
+__all__ = ["FPSResult", "measure_fps", "time_forward"]
 
 
 @dataclass(frozen=True)
@@ -52,23 +52,8 @@ def _timing_device(model: nn.Module, device: Union[str, torch.device, None]) -> 
     return device
 
 
-def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512, 512), batch_size: int = 1,
-                device: Union[str, torch.device, None] = None, warmup: int = 5, min_run_time: float = 2.0,
-                num_threads: Optional[int] = None, in_channels: int = 3, inference: bool = False) -> FPSResult:
-    """Frames per second of ``model`` on random input ``(batch_size, in_channels, H, W)``.
-
-    Runs in eval mode under ``torch.no_grad()`` (the model's training flag is restored afterwards), does
-    ``warmup`` untimed forward passes, then times with ``torch.utils.benchmark.Timer.blocked_autorange``
-    (which synchronises CUDA around each block) for at least ``min_run_time`` seconds.
-    ``fps = batch_size / mean seconds per forward``. ``device=None`` uses the device of the model's
-    parameters; otherwise the model is **moved** to ``device``. ``num_threads`` defaults to
-    ``torch.get_num_threads()`` (the Timer would otherwise use 1 thread).
-
-    ``inference=True`` times the deployment form instead (:func:`nni_sparsemask.measure.deploy.inference_form`: a copy
-    with BN folded and ``channels_last`` weights, fed ``channels_last`` input); ``model`` is left as it was.
-    """
-    from torch.utils import benchmark
-
+def _check_sizes(input_size: Union[int, tuple[int, int]], batch_size: int, warmup: int, min_run_time: float
+                 ) -> tuple[int, int]:
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     h, w = (int(v) for v in input_size)
@@ -76,9 +61,57 @@ def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512
         raise ValueError(f"input_size and batch_size must be positive, got {input_size}, {batch_size}")
     if warmup < 0 or min_run_time <= 0:
         raise ValueError(f"warmup must be >= 0 and min_run_time > 0, got {warmup}, {min_run_time}")
+    return h, w
+
+
+def time_forward(forward: Callable[[], object], input_size: Union[int, tuple[int, int]], batch_size: int = 1,
+                 device: Union[str, torch.device] = "cpu", warmup: int = 5, min_run_time: float = 2.0,
+                 num_threads: Optional[int] = None, in_channels: int = 3, form: str = AS_GIVEN) -> FPSResult:
+    """Frames per second of ``forward()``, a call that runs one batch of ``(batch_size, in_channels, H, W)``
+    already bound to it (a PyTorch module on its input, an ONNX Runtime session on its feed, ...).
+
+    ``warmup`` untimed calls, then ``torch.utils.benchmark.Timer.blocked_autorange`` for at least ``min_run_time``
+    seconds (it synchronises CUDA around each block: the whole device, so work another runtime queued on it is
+    waited for too). ``fps = batch_size / mean seconds per call``. ``num_threads`` (default
+    ``torch.get_num_threads()``) is PyTorch's thread count while timing and the count reported; a runtime with a
+    thread pool of its own is given it by the caller. ``form`` names what is timed in the result.
+    """
+    from torch.utils import benchmark
+
+    h, w = _check_sizes(input_size, batch_size, warmup, min_run_time)
+    device = torch.device(device)
+    threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
+    for _ in range(warmup):
+        forward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads,
+                            label="measure_fps", description=f"{batch_size}x{in_channels}x{h}x{w}")
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    mean = float(m.mean)
+    return FPSResult(fps=batch_size / mean, mean_seconds=mean, median_seconds=float(m.median),
+                     device=_device_name(device), batch_size=batch_size, input_size=(h, w),
+                     num_threads=threads, num_runs=int(sum(m.number_per_run for _ in m.raw_times)), form=form)
+
+
+def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512, 512), batch_size: int = 1,
+                device: Union[str, torch.device, None] = None, warmup: int = 5, min_run_time: float = 2.0,
+                num_threads: Optional[int] = None, in_channels: int = 3, inference: bool = False) -> FPSResult:
+    """Frames per second of ``model`` on random input ``(batch_size, in_channels, H, W)``.
+
+    Runs in eval mode under ``torch.no_grad()`` (the model's training flag is restored afterwards), does
+    ``warmup`` untimed forward passes, then times with ``torch.utils.benchmark.Timer.blocked_autorange``
+    (which synchronises CUDA around each block) for at least ``min_run_time`` seconds (:func:`time_forward`).
+    ``fps = batch_size / mean seconds per forward``. ``device=None`` uses the device of the model's
+    parameters; otherwise the model is **moved** to ``device``. ``num_threads`` defaults to
+    ``torch.get_num_threads()`` (the Timer would otherwise use 1 thread).
+
+    ``inference=True`` times the deployment form instead (:func:`nni_sparsemask.measure.deploy.inference_form`: a copy
+    with BN folded and ``channels_last`` weights, fed ``channels_last`` input); ``model`` is left as it was.
+    """
+    h, w = _check_sizes(input_size, batch_size, warmup, min_run_time)
     device = _timing_device(model, device)
     model = model.to(device)
-    threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
     model, x, form = as_measured(model, torch.randn(batch_size, in_channels, h, w, device=device), inference)
     was_training = model.training
     model.eval()
@@ -88,16 +121,6 @@ def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512
         model(x)
 
     try:
-        for _ in range(warmup):
-            forward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads,
-                                label="measure_fps", description=f"{batch_size}x{in_channels}x{h}x{w}")
-        m = timer.blocked_autorange(min_run_time=min_run_time)
+        return time_forward(forward, (h, w), batch_size, device, warmup, min_run_time, num_threads, in_channels, form)
     finally:
         model.train(was_training)
-    mean = float(m.mean)
-    return FPSResult(fps=batch_size / mean, mean_seconds=mean, median_seconds=float(m.median),
-                     device=_device_name(device), batch_size=batch_size, input_size=(h, w),
-                     num_threads=threads, num_runs=int(sum(m.number_per_run for _ in m.raw_times)), form=form)
