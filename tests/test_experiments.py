@@ -1,5 +1,5 @@
-"""experiments/: the configs validate with NNI's own classes, the grids cover the registries, and the trial entry
-runs one grid entry end to end (in process, NNI's trial channel mocked), reuses a finished entry, and fails alone."""
+"""experiments/: the configs validate with NNI's own classes, the Dockerfile installs the package as the README
+says, the grids cover the registries, and the trial entry runs one grid entry end to end (in process, NNI's trial channel mocked), reuses a finished entry, and fails alone."""
 import json
 from pathlib import Path
 
@@ -67,6 +67,56 @@ def test_configs_plan_as_comparisons(name, tmp_path):
     else:
         assert plan.settings.data.dataset == "voc" and plan.settings.model.backbone == "mobilenet_v2"
         assert plan.results_root is None  # on the workers
+
+
+@pytest.mark.parametrize("name", ["kubeflow.yml", "frameworkcontroller.yml"])
+def test_kubernetes_templates_validate_with_azure_storage_too(name):
+    """The other storage experiments/README.md documents: an Azure file share, its key in a Key Vault."""
+    import yaml
+    from nni.experiment.config import ExperimentConfig
+
+    data = yaml.safe_load((EXPERIMENTS / name).read_text())
+    data["trainingService"]["storage"] = {"storageType": "azureStorage", "azureAccount": "account",
+                                          "azureShare": "share", "keyVaultName": "vault", "keyVaultKey": "key"}
+    data["searchSpaceFile"] = str(EXPERIMENTS / data["searchSpaceFile"])
+    data["trialCodeDirectory"] = str(EXPERIMENTS)
+    for spec in [data["trainingService"].get("master")] + data["trainingService"].get("taskRoles", []):
+        if spec and "codeDirectory" in spec:
+            spec["codeDirectory"] = str(EXPERIMENTS)
+    canonical = ExperimentConfig(**data).canonical_copy()
+    assert canonical.training_service.storage.storage_type == "azureStorage"
+
+
+# ------------------------------------------------------------------------------------------------ the image
+def _dockerfile() -> str:
+    return (EXPERIMENTS / "Dockerfile").read_text()
+
+
+def test_dockerfile_installs_the_package_as_the_readme_says():
+    tomllib = pytest.importorskip("tomllib")
+    import re
+
+    text = _dockerfile()
+    readme = (EXPERIMENTS / "README.md").read_text()
+    runs = [line.strip()[4:] for line in text.replace("\\\n", " ").splitlines() if line.startswith("RUN ")]
+    installs = [run for run in runs if "pip install" in run]
+    assert installs == ["pip install -c constraints.txt ."]
+    assert f"`{installs[0]}`" in readme  # the install of an SSH worker and of the image, as the README writes it
+    assert re.search(r"^FROM python:3\.\d+", text, flags=re.M)
+    # everything the install reads is in the image: pyproject, its readme, constraints, every package folder
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copied = {word.rstrip("/") for line in text.splitlines() if line.startswith("COPY ")
+              for word in line.split()[1:-1]}
+    folders = {"nni_sparsemask", *pyproject["tool"]["setuptools"]["package-dir"].values()}
+    assert {"pyproject.toml", "constraints.txt", pyproject["project"]["readme"], *folders} <= copied
+    # with NNI 3.0: the package's dependency, pinned by constraints.txt; the image checks it after the install
+    assert "nni==3.0" in pyproject["project"]["dependencies"]
+    assert "nni==3.0" in (ROOT / "constraints.txt").read_text().split()
+    assert any("nni.__version__ == '3.0'" in run and "nni_sparsemask.comparison.trial" in run for run in runs)
+    # the README's build command tags the image the two Kubernetes templates name
+    for name in ("kubeflow.yml", "frameworkcontroller.yml"):
+        images = re.findall(r"dockerImage:\s*(\S+)", (EXPERIMENTS / name).read_text())
+        assert images and all(f"docker build -f experiments/Dockerfile -t {image} ." in readme for image in images)
 
 
 def test_paper_config_needs_the_voc_root_before_launching():
