@@ -97,9 +97,22 @@ def test_exported_form_has_bn_folded_and_leaves_the_network_alone(net):
 
 
 def test_onnxruntime_graph_optimisation_counts(onnx_file, tmp_path):
+    """What ONNX Runtime does with "1x1 convolutions at their source resolution + bilinear upsampling + sum"
+    (benchmarks/RESULTS.md, "ONNX Runtime and the fusion pattern"): every convolution stays one node (another
+    layout or fused with its activation, never merged with another) and every Resize stays, unfused."""
     before, after = onnx_op_counts(onnx_file, tmp_path / "optimized.onnx")
     assert before["Resize"] >= 1 and before["Conv"] >= 1 and before["Add"] >= 1
     assert (tmp_path / "optimized.onnx").is_file() and sum(after.values()) > 0
+
+    def convolutions(counts):
+        return sum(n for op, n in counts.items() if op.split(":")[-1] in ("Conv", "FusedConv"))
+
+    for level in ("ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
+        before, after = onnx_op_counts(onnx_file, level=level)
+        assert convolutions(after) == convolutions(before) and after["Resize"] == before["Resize"], level
+        assert after.get("Add", 0) <= before["Add"]
+    extended = onnx_op_counts(onnx_file, level="ORT_ENABLE_EXTENDED")[1]
+    assert extended.get("com.microsoft:FusedConv", 0) >= 1  # the encoder's convolution + ReLU
 
 
 # ------------------------------------------------------------------------------------ decoders with their own head
