@@ -1,5 +1,6 @@
 """experiments/: the configs validate with NNI's own classes, the Dockerfile installs the package as the README
-says, the grids cover the registries, and the trial entry runs one grid entry end to end (in process, NNI's trial channel mocked), reuses a finished entry, and fails alone."""
+says, the grids cover the registries, and the trial entry runs one grid entry end to end (in process, NNI's trial
+channel mocked), reuses a finished entry, and fails alone."""
 import json
 from pathlib import Path
 
