@@ -187,7 +187,7 @@ def test_reports_to_nni_as_a_trial(tmp_path, monkeypatch):
     evaluator = _evaluator(tmp_path, max_epochs=2)
     evaluator.evaluate(TinyNet())
     assert len(inter) == 2 and len(final) == 1
-    assert set(inter[0]) == {"default", "pixel_accuracy", "fg_iou", "val_loss"}
+    assert set(inter[0]) == {"default", "pixel_accuracy", "fg_iou", "score", "val_loss"}
     assert final[0] == inter[-1]
     assert final[0]["default"] == pytest.approx(float(evaluator.trainer.callback_metrics["val_miou"]))
 

@@ -60,14 +60,14 @@ def test_voc_loaders_fail_with_the_expected_layout(tmp_path):
         make_loaders(DataConfig(dataset="voc", root=str(tmp_path / "nowhere")))
 
 
-def test_check_connectivity_refuses_another_backbone_or_class_count():
+def test_check_connectivity_refuses_another_backbone_but_takes_another_task():
     enc_info = build_network(MODEL, 11, decoder="fdn").encoder.feature_info
     conn = Connectivity.dense("convnet", enc_info, backbone_kwargs={"widths": WIDTHS}, meta={"num_classes": 11})
     check_connectivity(conn, MODEL, 11, "c.json")
-    with pytest.raises(ValueError, match="searched for 11 classes but the data set has 2"):
-        check_connectivity(conn, MODEL, 2, "c.json")
+    check_connectivity(conn, MODEL, 2, "c.json")  # searched on segmentation, retrained for saliency / edges
     other = ModelConfig(backbone="convnet", backbone_kwargs={"widths": [8, 8, 8, 8, 8]}, backbone_weights=None)
-    with pytest.raises(ValueError, match="searched on backbone convnet"):
+    with pytest.raises(ValueError, match=r"made for backbone convnet .*sparsemask transfer c.json --backbone convnet "
+                                         r"--backbone-kwargs '\{\"widths\": \[8, 8, 8, 8, 8\]\}' --out NEW.json"):
         check_connectivity(conn, other, 11, "c.json")
     with pytest.raises(ValueError, match="exactly one"):
         build_network(MODEL, 11)
@@ -197,9 +197,10 @@ def test_retrain_hand_designed_decoder_and_bad_inputs(search_dir, tmp_path):
         run_retrain(tmp_path / "bad", DATA, MODEL, TRAIN, decoder="segnet", **QUIET)
     with pytest.raises(ValueError, match="exactly one"):
         run_retrain(tmp_path / "bad", DATA, MODEL, TRAIN, **QUIET)
-    two = DataConfig(image_size=32, train_scenes=32, val_scenes=8, task="saliency")
-    with pytest.raises(ValueError, match="searched for 11 classes"):
-        run_retrain(tmp_path / "bad", two, MODEL, TRAIN, connectivity=search_dir / "connectivity.json", **QUIET)
+    wider = ModelConfig(backbone="convnet", backbone_kwargs={"widths": [8, 8, 8, 8, 8]}, backbone_weights=None,
+                        decoder_channels=MODEL.decoder_channels)
+    with pytest.raises(ValueError, match="sparsemask transfer"):
+        run_retrain(tmp_path / "bad", DATA, wider, TRAIN, connectivity=search_dir / "connectivity.json", **QUIET)
     assert not (tmp_path / "bad").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         run_retrain(tmp_path / "fcn", DATA, MODEL, TRAIN, decoder="fcn", **QUIET)

@@ -17,9 +17,10 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from nni_sparsemask.cli.options import (Help, add_arc, add_cost, add_data, add_dist, add_fps, add_model, add_run,
+from nni_sparsemask.cli.connectivity import add_convert_command, add_transfer_command
+from nni_sparsemask.cli.options import (add_arc, add_cost, add_data, add_dist, add_fps, add_model, add_run,
                                         add_schedule, arc_settings, backbone_kwargs, configs, cost_settings,
-                                        data_config, dist_settings, model_config)
+                                        data_config, dist_settings, model_config, new_command)
 
 # Every default is read from the typed configs (nni_sparsemask.run.config, .pretrain, .demo), the one place
 # defaults live; --help prints them (ArgumentDefaultsHelpFormatter) and a test compares the two.
@@ -64,7 +65,12 @@ def _print_metrics(title: str, m: dict) -> None:
     from nni_sparsemask.measure.deploy import AS_GIVEN
     from nni_sparsemask.run.steps import format_iou
 
-    print(f"{title}: mIoU {m['miou']:.3f}, PixAcc {m['pixel_accuracy']:.3f}, params {m['params_text']}, "
+    from nni_sparsemask.run.tasks import task_info
+    info = task_info(m.get("task", "segmentation"))  # runs of earlier releases: segmentation
+    named = {"miou": "mIoU", "pixel_accuracy": "PixAcc", "fg_iou": "fg IoU", "score": "Score", "max_fbeta": "maxF",
+             "mae": "MAE", "ods": "ODS", "ois": "OIS", "ap": "AP"}
+    shown = [k for k in info.scores if k != "fg_iou" and m.get(k) is not None]
+    print(f"{title}: {', '.join(f'{named[k]} {m[k]:.3f}' for k in shown)}, params {m['params_text']}, "
           f"{m['fps']:.1f} FPS ({m['fps_device']}, {m['fps_input'][0]}px, batch {m['fps_batch']}, "
           f"{m.get('fps_form', AS_GIVEN)})")
     if m.get("flops") is not None:  # runs evaluated before the counts existed have none
@@ -89,7 +95,8 @@ def _evaluate(args) -> int:
     from nni_sparsemask.run.steps import run_evaluate
 
     m = run_evaluate(args.run, fps_size=args.fps_size, fps_batch=args.fps_batch, device=args.device,
-                     overwrite=args.overwrite, progress=not args.no_progress)
+                     overwrite=args.overwrite, progress=not args.no_progress, task=args.task,
+                     dataset=args.dataset, data_root=args.data_root)
     _print_metrics(f"[evaluate] {args.run}", m)
     return 0
 
@@ -125,8 +132,7 @@ def _strategy_default(strategy: str, arg: str) -> Any:
     return _strategy_param(strategy, arg).default
 
 
-def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, formatter_class=Help)
+_command = new_command
 
 
 def _add_pretrain_command(sub: Any) -> None:
@@ -200,6 +206,11 @@ def _add_evaluate_command(sub: Any) -> None:
     add_fps(p)
     p.add_argument("--device", default=None, help="cpu or cuda (None: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing evaluate.json")
+    p.add_argument("--dataset", default=None,
+                   help="score it on another data set of its task (e.g. trained on duts, scored on ecssd): "
+                        "evaluate-<dataset>.json")
+    p.add_argument("--data-root", default=None, help="that data set's folder")
+    p.add_argument("--task", default=None, help="the task to score (refused unless it is the run's own)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate)
 
@@ -247,16 +258,6 @@ def _add_report_command(sub: Any) -> None:
     p.set_defaults(func=_report)
 
 
-def _convert(args) -> int:
-    from nni_sparsemask.fdn.connectivity import convert_official_mask
-
-    conn = convert_official_mask(args.mask, args.out, backbone=args.backbone, overwrite=args.overwrite)
-    print(f"[convert] {args.mask} -> {args.out}: {conn.num_edges} edges")
-    for stage in conn.stages():
-        print(f"  {stage} <- {', '.join(conn.inputs(stage))}")
-    return 0
-
-
 def _profile(args) -> int:
     from nni_sparsemask.run.costaware import profile_model
     from nni_sparsemask.run.pipeline import check_eval_device, default_device
@@ -287,15 +288,6 @@ def _add_profile_command(sub: Any) -> None:
     add_data(p)
     add_model(p)
     p.set_defaults(func=_profile)
-
-
-def _add_convert_command(sub: Any) -> None:
-    p = _command(sub, "convert", "import a mask of the official SparseMask code (.npy) as a connectivity.json")
-    p.add_argument("mask", help="bool array (L, L, 2) saved by the official code, e.g. mask_thres_0.001.npy")
-    p.add_argument("--out", required=True, help="connectivity.json to write")
-    p.add_argument("--backbone", default="mobilenet_v2", help="the backbone the mask was searched on")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=_convert)
 
 
 def _trained_run(run: str) -> Path:
@@ -344,7 +336,8 @@ def _add_export_command(sub: Any) -> None:
 
 #: the subcommands in the order ``--help`` lists them (``compare`` is added by the comparison layer)
 _COMMANDS = (_add_pretrain_command, _add_search_command, _add_prune_command, _add_retrain_command,
-             _add_evaluate_command, _add_demo_command, _add_report_command, _add_convert_command, _add_profile_command,
+             _add_evaluate_command, _add_demo_command, _add_report_command, add_convert_command, add_transfer_command,
+             _add_profile_command,
              _add_export_command)
 
 

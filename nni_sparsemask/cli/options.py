@@ -21,8 +21,13 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):
     """Prints each option's default, as read from the configs."""
 
 
+def new_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A ``sparsemask NAME`` subcommand whose ``--help`` prints every option's default."""
+    return sub.add_parser(name, help=help, formatter_class=Help)
+
+
 # ------------------------------------------------------------------------------------------------ arguments
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -35,11 +40,14 @@ def _json_object(text: str) -> dict[str, Any]:
 def add_data(p: argparse.ArgumentParser) -> None:
     d = configs().DataConfig
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, help="digitscenes (built in) or voc")
-    g.add_argument("--data-root", default=d.root, help="VOC: folder holding VOCdevkit/VOC2012")
+    g.add_argument("--dataset", default=d.dataset,
+                   help="digitscenes (built in), or one read from its root folder: voc, ade20k, msrab, duts, ecssd, bsds500")
+    g.add_argument("--data-root", default=d.root,
+                   help="the data set's folder as its archive extracts (VOC: the one holding VOCdevkit/VOC2012)")
     g.add_argument("--sbd-root", default=d.sbd_root, help="VOC: SBD benchmark_RELEASE folder, for train_aug")
-    g.add_argument("--task", default=d.task, help="DigitScenes view: segmentation, saliency or edges")
-    g.add_argument("--image-size", type=int, default=d.image_size, help="DigitScenes side / VOC crop")
+    g.add_argument("--task", default=d.task,
+                   help="segmentation, saliency or edges: the loss and the scores (DigitScenes has all three views)")
+    g.add_argument("--image-size", type=int, default=d.image_size, help="DigitScenes side / training crop")
     g.add_argument("--train-scenes", type=int, default=d.train_scenes, help="DigitScenes training scenes")
     g.add_argument("--val-scenes", type=int, default=d.val_scenes, help="DigitScenes val scenes")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (evaluation: 4x)")
@@ -50,7 +58,7 @@ def add_model(p: argparse.ArgumentParser) -> None:
     m = c.ModelConfig
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default=m.backbone, help="encoder: convnet, mobilenet_v2, resnet18, ...")
-    g.add_argument("--backbone-kwargs", type=_json_object, default=None,
+    g.add_argument("--backbone-kwargs", type=json_object, default=None,
                    help="JSON constructor arguments of the backbone (None: "
                         f"{json.dumps(c.DEFAULT_BACKBONE_KWARGS)} by backbone, others none)")
     g.add_argument("--backbone-weights", default=m.backbone_weights,

@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from nni_sparsemask.fdn.backbones import FeatureInfo
 
@@ -261,6 +261,14 @@ class Connectivity:
                             self.history, meta)
 
     # ------------------------------------------------------------------------------------------- transfer
+    def stage_mapping(self, feature_info: Iterable[FeatureInfo]) -> dict[int, Optional[int]]:
+        """Section 5.1's matching: ``{old stage l: new stage}`` (1-based), the deepest stage of ``feature_info`` with
+        stage l's spatial reduction, or None where the new backbone has no stage at that reduction."""
+        by_reduction: dict[int, int] = {}
+        for j, fi in enumerate(feature_info, start=1):
+            by_reduction[fi.reduction] = j  # the deepest new stage wins
+        return {i: by_reduction.get(fi.reduction) for i, fi in enumerate(self.feature_info, start=1)}
+
     def transfer(self, backbone: str, feature_info: Iterable[FeatureInfo] | None = None,
                  backbone_kwargs: dict[str, Any] | None = None) -> "Connectivity":
         """Section 5.1: re-map the stages onto another backbone by matching spatial reduction.
@@ -276,15 +284,10 @@ class Connectivity:
 
             feature_info = build_backbone(backbone, **backbone_kwargs).feature_info
         new_info = list(feature_info)
-        by_reduction: dict[int, int] = {}
-        for j, fi in enumerate(new_info, start=1):
-            by_reduction[fi.reduction] = j  # the deepest new stage wins
-        mapping = {}
-        for i, fi in enumerate(self.feature_info, start=1):
-            if fi.reduction in by_reduction:
-                j = by_reduction[fi.reduction]
+        mapping = {"G": "G"}
+        for i, j in self.stage_mapping(new_info).items():
+            if j is not None:
                 mapping[f"E{i}"], mapping[f"D{i}"] = f"E{j}", f"D{j}"
-        mapping["G"] = "G"
         merged: dict[tuple[str, str], float] = {}
         for e in self.edges:
             if e.target in mapping and e.source in mapping:

@@ -164,6 +164,22 @@ class EdgeMetrics:
         sum_p = binary.flatten(1).sum(1)
         return torch.stack([cnt_p, sum_p, cnt_r, sum_r], dim=1).double().cpu().numpy()
 
+    def sums(self) -> Tensor:
+        """Everything :meth:`compute` needs, as one float64 vector of sums over images (processes of a DDP run
+        add theirs up: :meth:`add_sums`)."""
+        return torch.from_numpy(np.concatenate([self._counts.reshape(-1), self._best, [float(self._n)]]))
+
+    def add_sums(self, sums: Tensor) -> "EdgeMetrics":
+        """Add the :meth:`sums` of other images (e.g. another process's) to this one's."""
+        k = self.num_thresholds
+        sums = torch.as_tensor(sums, dtype=torch.float64).cpu().reshape(-1).numpy()
+        if sums.size != 4 * k + 5:
+            raise ValueError(f"sums of {sums.size} values do not fit {k} thresholds (need {4 * k + 5})")
+        self._counts += sums[:4 * k].reshape(k, 4)
+        self._best += sums[4 * k:4 * k + 4]
+        self._n += int(round(float(sums[-1])))
+        return self
+
     def compute(self) -> EdgeScores:
         if self._n == 0:
             raise ValueError("EdgeMetrics.compute() called before any update()")

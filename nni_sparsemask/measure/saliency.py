@@ -122,6 +122,27 @@ class SaliencyMetrics:
         p, r = inter / int(binary.sum()), inter / int(g.sum())
         return (1 + self.beta2) * p * r / (self.beta2 * p + r)
 
+    def sums(self) -> Tensor:
+        """Everything :meth:`compute` needs, as one float64 vector of sums over images (processes of a DDP run
+        add theirs up: :meth:`add_sums`)."""
+        k = self.num_thresholds
+        tail = torch.tensor([self._mae_sum, self._adp_sum, float(self._n)], dtype=torch.float64)
+        return torch.cat([self._p_sum, self._r_sum, self._f_sum, tail]).reshape(3 * k + 3)
+
+    def add_sums(self, sums: Tensor) -> "SaliencyMetrics":
+        """Add the :meth:`sums` of other images (e.g. another process's) to this one's."""
+        k = self.num_thresholds
+        sums = torch.as_tensor(sums, dtype=torch.float64).cpu().reshape(-1)
+        if sums.numel() != 3 * k + 3:
+            raise ValueError(f"sums of {sums.numel()} values do not fit {k} thresholds (need {3 * k + 3})")
+        self._p_sum += sums[:k]
+        self._r_sum += sums[k:2 * k]
+        self._f_sum += sums[2 * k:3 * k]
+        self._mae_sum += float(sums[3 * k])
+        self._adp_sum += float(sums[3 * k + 1])
+        self._n += int(round(float(sums[3 * k + 2])))
+        return self
+
     def compute(self) -> SaliencyScores:
         if self._n == 0:
             raise ValueError("SaliencyMetrics.compute() called before any update()")

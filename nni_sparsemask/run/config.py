@@ -32,7 +32,7 @@ def default_backbone_kwargs(backbone: str) -> dict[str, Any]:
     return json.loads(json.dumps(DEFAULT_BACKBONE_KWARGS.get(backbone, {})))
 
 
-DATASETS = ("digitscenes", "voc")
+DATASETS = ("digitscenes", "voc", "ade20k", "msrab", "duts", "ecssd", "bsds500")  # data.datasets.DATASETS
 PRETRAINED = "pretrained"  # backbone_weights value: the cached DigitScenes classifier (sparsemask pretrain)
 
 
@@ -41,13 +41,15 @@ class DataConfig:
     """Which data set, at which size.
 
     Attributes:
-        dataset: ``digitscenes`` (built in) or ``voc`` (PASCAL VOC 2012 under ``root``; ``train_aug`` when
-            ``sbd_root`` is given).
-        root / sbd_root: data set folders (``voc`` only).
-        image_size: DigitScenes scene side; the VOC training crop (and the padded eval size).
+        dataset: ``digitscenes`` (built in), or a data set read from ``root`` in its archive's layout: ``voc``
+            (PASCAL VOC 2012; ``train_aug`` when ``sbd_root`` is given), ``ade20k``, ``msrab``, ``duts``, ``ecssd``,
+            ``bsds500`` (:mod:`nni_sparsemask.data.datasets`).
+        root / sbd_root: data set folders (``sbd_root``: ``voc`` only).
+        image_size: DigitScenes scene side; the training crop of the other data sets (and the padded eval size).
         train_scenes / val_scenes: DigitScenes split sizes.
         batch_size: training batch size (evaluation uses 4x).
-        task: DigitScenes view (``segmentation``, ``saliency``, ``edges``).
+        task: ``segmentation``, ``saliency`` or ``edges``: DigitScenes has all three views, the other data sets
+            one each (edges on ADE20K is refused).
         seed: seeds the scenes and the batch order.
     """
 
@@ -62,25 +64,29 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        from nni_sparsemask.data.datasets import check_task, dataset_entry
+        entry = dataset_entry(self.dataset)
         if self.dataset == "voc" and not self.root:
             raise ValueError("dataset 'voc' needs its root (--data-root), the folder that holds VOCdevkit/VOC2012")
+        if entry.needs_root and not self.root:
+            raise ValueError(f"dataset {self.dataset!r} needs its root folder (--data-root); it is read from local "
+                             "files, nothing is downloaded")
+        if self.sbd_root and self.dataset != "voc":
+            raise ValueError(f"sbd_root (--sbd-root) is for dataset 'voc' only, not {self.dataset!r}")
         for name in ("image_size", "train_scenes", "val_scenes", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.task not in ("segmentation", "saliency", "edges"):
             raise ValueError(f"unknown task {self.task!r}; use segmentation, saliency or edges")
+        check_task(self.dataset, self.task)  # edges on ADE20K: one line naming the tasks it has
         if self.dataset == "digitscenes":
             _check_scene_size("", self.image_size)
 
     @property
     def num_classes(self) -> int:
-        if self.dataset == "voc":
-            return 21
-        from nni_sparsemask.data.digitscenes import NUM_CLASSES
-        return NUM_CLASSES[self.task]
+        from nni_sparsemask.data.datasets import num_classes
+        return num_classes(self.dataset, self.task)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import nni
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from nni.nas.evaluator.pytorch.lightning import DataLoader, Lightning, LightningModule, Trainer
 from torch import Tensor, nn
 
@@ -48,6 +47,7 @@ from nni_sparsemask.data.digitscenes import DigitScenes
 from nni_sparsemask.measure.segmentation import SegmentationMetrics
 from nni_sparsemask.run.config import TrainConfig
 from nni_sparsemask.run.distributed import ShardedEpochShuffle
+from nni_sparsemask.run.tasks import TaskMetrics, check_task_name, foreground_iou, task_info, task_loss
 from nni_sparsemask.seeding import seed_epoch
 
 __all__ = [
@@ -143,6 +143,10 @@ class SegmentationTrainConfig:
         seed: seeds python / numpy / torch at ``fit`` start and again at every epoch start from ``(seed, epoch)``
             (when this module is the trainer's top module; a one-shot strategy wrapping it seeds on its own).
         freeze_bn: keep every BatchNorm of the encoder in eval mode with its affine weights frozen.
+        task: ``segmentation``, ``saliency`` or ``edges`` (:mod:`.tasks`): the loss and the validation scores;
+            saliency and edges take two classes.
+        edge_thresholds: thresholds of the ODS / OIS / AP of a validation epoch (edges; the final evaluation
+            sweeps BSDS's 99).
     """
 
     num_classes: int = 11
@@ -156,8 +160,17 @@ class SegmentationTrainConfig:
     class_weights: Optional[tuple[float, ...]] = None
     seed: Optional[int] = TrainConfig.seed
     freeze_bn: bool = False
+    task: str = "segmentation"
+    edge_thresholds: int = 15
 
     def __post_init__(self) -> None:
+        check_task_name(self.task)
+        if self.task != "segmentation" and self.num_classes != 2:
+            raise ValueError(f"task {self.task} takes two classes (background, foreground), got num_classes="
+                             f"{self.num_classes}")
+        if isinstance(self.edge_thresholds, bool) or not isinstance(self.edge_thresholds, int) \
+                or self.edge_thresholds < 1:
+            raise ValueError(f"edge_thresholds must be a positive integer, got {self.edge_thresholds!r}")
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
@@ -188,11 +201,7 @@ def segmentation_scores(metrics: SegmentationMetrics) -> dict[str, float]:
     present in the target or the prediction), plus ``fg_iou``: the IoU of classes ``1..C-1`` merged (the
     foreground) against class 0, which shows a collapse to "background only" that mIoU hides."""
     scores = metrics.compute()
-    m = scores.confusion_matrix.double()
-    fg_tp = m[1:, 1:].sum()
-    fg_union = m[1:, :].sum() + m[:, 1:].sum() - fg_tp
-    fg_iou = float(fg_tp / fg_union) if fg_union > 0 else float("nan")
-    return {"miou": scores.miou, "pixacc": scores.pixel_accuracy, "fg_iou": fg_iou}
+    return {"miou": scores.miou, "pixacc": scores.pixel_accuracy, "fg_iou": foreground_iou(scores.confusion_matrix)}
 
 
 @nni.trace
@@ -208,18 +217,19 @@ class SegmentationModule(LightningModule):
                  weight_decay: float = _DEFAULTS.weight_decay, poly_power: float = _DEFAULTS.poly_power,
                  max_steps: Optional[int] = None, ignore_index: int = _DEFAULTS.ignore_index,
                  class_weights: Optional[Sequence[float]] = None, seed: Optional[int] = _DEFAULTS.seed,
-                 freeze_bn: bool = False) -> None:
+                 freeze_bn: bool = False, task: str = _DEFAULTS.task,
+                 edge_thresholds: int = _DEFAULTS.edge_thresholds) -> None:
         super().__init__()
         self.config = SegmentationTrainConfig(
             num_classes=num_classes, learning_rate=learning_rate, decoder_lr_mult=decoder_lr_mult,
             momentum=momentum, weight_decay=weight_decay, poly_power=poly_power, max_steps=max_steps,
             ignore_index=ignore_index, class_weights=tuple(class_weights) if class_weights is not None else None,
-            seed=seed, freeze_bn=freeze_bn)
+            seed=seed, freeze_bn=freeze_bn, task=task, edge_thresholds=edge_thresholds)
         self.save_hyperparameters(dataclasses.asdict(self.config))
         weight = torch.tensor(self.config.class_weights) if self.config.class_weights is not None else None
         self.register_buffer("class_weight", weight, persistent=False)
         self.arch_predicate: Callable[[str], bool] = is_arch_parameter
-        self._metrics = SegmentationMetrics(self.config.num_classes, self.config.ignore_index)
+        self._metrics = self._new_metrics()
         self._val_loss_sum = 0.0
         self._val_pixels = 0
         #: what goes to NNI (see ``_reporting``): None = as NNI's evaluators when this process is an NNI trial
@@ -227,8 +237,13 @@ class SegmentationModule(LightningModule):
         #: ``validate``) as the final result; True = every validation epoch as an intermediate result and no final
         #: result (the caller reports its own); False = nothing
         self.report_to_nni: Optional[bool] = None
-        #: scores of the last finished validation epoch (``val_miou``, ``val_pixacc``, ``val_fg_iou``, ``val_loss``)
+        #: scores of the last finished validation epoch: ``val_loss`` and ``val_<score>`` of every score of the task
+        #: (:mod:`.tasks`; ``val_miou``, ``val_pixacc``, ``val_fg_iou``, ... ``val_max_fbeta``, ``val_ods``, ...)
         self.last_scores: dict[str, float] = {}
+
+    def _new_metrics(self) -> TaskMetrics:
+        cfg = self.config
+        return TaskMetrics(cfg.task, cfg.num_classes, cfg.ignore_index, edge_thresholds=cfg.edge_thresholds)
 
     @classmethod
     def from_config(cls, config: SegmentationTrainConfig) -> "SegmentationModule":
@@ -249,8 +264,9 @@ class SegmentationModule(LightningModule):
         return logits
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Cross-entropy over the pixels whose target is not ``ignore_index`` (mean over those pixels)."""
-        return F.cross_entropy(logits, target.long(), weight=self.class_weight, ignore_index=self.config.ignore_index)
+        """The task's loss (:func:`.tasks.task_loss`) over the pixels whose target is not ``ignore_index``:
+        cross-entropy (segmentation, saliency), HED's class-balanced BCE (edges)."""
+        return task_loss(self.config.task, logits, target, self.config.ignore_index, self.class_weight)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
@@ -267,27 +283,25 @@ class SegmentationModule(LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Accumulates the confusion matrix and the pixel-weighted loss (several val loaders are pooled)."""
-        x, y = batch
+        x, y, *rest = batch  # BSDS500's evaluation images carry every annotator's boundaries
         logits = self._logits(x, y)
         loss = self.loss(logits, y)
         n_valid = int((y != self.config.ignore_index).sum())
         self._val_loss_sum += float(loss) * n_valid
         self._val_pixels += n_valid
-        self._metrics.update(logits.detach(), y)
+        self._metrics.update(logits.detach(), y, boundaries=list(rest[0]) if rest else None)
         return loss
 
     def on_validation_epoch_end(self) -> None:
         metrics = self._metrics
         stats = torch.tensor([self._val_loss_sum, float(self._val_pixels)], dtype=torch.float64)
         if self.trainer.world_size > 1:  # sum the counts of every process before scoring
-            cm = self.all_gather(metrics.confusion_matrix.to(self.device)).sum(0)
+            sums = self.all_gather(metrics.sums().to(self.device)).sum(0)
             stats = self.all_gather(stats.to(self.device)).sum(0).cpu()
-            metrics = SegmentationMetrics(self.config.num_classes, self.config.ignore_index)
-            metrics.add_confusion_matrix(cm)  # the summed counts of all processes
-        scores = segmentation_scores(metrics)
+            metrics = self._new_metrics().add_sums(sums)  # the summed counts of all processes
+        scores = metrics.compute()
         val_loss = float(stats[0] / stats[1]) if stats[1] > 0 else float("nan")
-        self.last_scores = {"val_loss": val_loss, "val_miou": scores["miou"], "val_pixacc": scores["pixacc"],
-                            "val_fg_iou": scores["fg_iou"]}
+        self.last_scores = {"val_loss": val_loss, **{_val_name(k): v for k, v in scores.items()}}
         for name, value in self.last_scores.items():
             self.log(name, value, prog_bar=name in ("val_loss", "val_miou"), sync_dist=True)  # (equal on every rank)
         if not self.trainer.sanity_checking and self._reporting():
@@ -307,10 +321,14 @@ class SegmentationModule(LightningModule):
         return bool(self.report_to_nni) and not final
 
     def _report(self) -> dict[str, Optional[float]]:
-        """What NNI receives: ``default`` = val mIoU; ``nan`` (e.g. no foreground at all) becomes ``None`` (JSON)."""
+        """What NNI receives: ``default`` = the task's main validation score (mIoU, max F-beta, ODS), then every
+        score of the task under its own name and ``val_loss``; ``nan`` (e.g. no foreground at all) becomes ``None``
+        (JSON)."""
         s = self.last_scores
-        out = {"default": s["val_miou"], "pixel_accuracy": s["val_pixacc"], "fg_iou": s["val_fg_iou"],
-               "val_loss": s["val_loss"]}
+        info = task_info(self.config.task)
+        out = {"default": s[_val_name(info.main)]}
+        out.update({k: s[_val_name(k)] for k in info.scores if k != "miou" or info.main != "miou"})
+        out["val_loss"] = s["val_loss"]
         return {k: (None if v is None or math.isnan(v) else float(v)) for k, v in out.items()}
 
     def on_fit_end(self) -> None:
@@ -377,6 +395,11 @@ class SegmentationModule(LightningModule):
                 m.eval()
 
 
+def _val_name(score: str) -> str:
+    """The name a validation epoch logs ``score`` under (``val_pixacc`` for ``pixel_accuracy``, as ever)."""
+    return "val_pixacc" if score == "pixel_accuracy" else f"val_{score}"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Evaluator helpers
 # ------------------------------------------------------------------------------------------------------------
@@ -410,12 +433,14 @@ class Segmentation(Lightning):
                  weight_decay: float = _DEFAULTS.weight_decay, poly_power: float = _DEFAULTS.poly_power,
                  max_steps: Optional[int] = None, ignore_index: int = _DEFAULTS.ignore_index,
                  class_weights: Optional[Sequence[float]] = None, seed: Optional[int] = _DEFAULTS.seed,
-                 freeze_bn: bool = False, train_dataloaders: Optional[Any] = None, val_dataloaders: Union[Any, List[Any], None] = None,
+                 freeze_bn: bool = False, task: str = _DEFAULTS.task, edge_thresholds: int = _DEFAULTS.edge_thresholds,
+                 train_dataloaders: Optional[Any] = None, val_dataloaders: Union[Any, List[Any], None] = None,
                  datamodule: Optional[pl.LightningDataModule] = None, fit_kwargs: Optional[dict] = None,
                  **trainer_kwargs: Any) -> None:
         module = SegmentationModule(num_classes=num_classes, learning_rate=learning_rate,
                                     decoder_lr_mult=decoder_lr_mult, momentum=momentum, weight_decay=weight_decay,
                                     poly_power=poly_power, max_steps=max_steps, ignore_index=ignore_index,
-                                    class_weights=class_weights, seed=seed, freeze_bn=freeze_bn)
+                                    class_weights=class_weights, seed=seed, freeze_bn=freeze_bn, task=task,
+                                    edge_thresholds=edge_thresholds)
         super().__init__(module, Trainer(**trainer_kwargs), train_dataloaders=train_dataloaders,
                          val_dataloaders=val_dataloaders, datamodule=datamodule, fit_kwargs=fit_kwargs)

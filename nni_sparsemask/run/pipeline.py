@@ -13,6 +13,7 @@ A trained network's run directory holds::
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -34,36 +35,61 @@ __all__ = ["make_loaders", "check_inputs", "check_eval_device", "resolve_backbon
 
 # ------------------------------------------------------------------------------------------------ data
 def class_names(data: DataConfig) -> list[str]:
-    if data.dataset == "voc":
-        from nni_sparsemask.data.voc import VOC_CLASSES
-        return list(VOC_CLASSES)
-    if data.task == "segmentation":
-        return ["background"] + [f"digit {d}" for d in range(10)]
-    return ["background", "digit" if data.task == "saliency" else "edge"]
+    from nni_sparsemask.data.datasets import class_names as names
+    return names(data.dataset, data.task)
 
 
-def make_loaders(data: DataConfig) -> tuple[Any, Any]:
-    """``(train, val)`` traced data loaders (they pickle without the data, for NNI trials)."""
+def _splits(data: DataConfig) -> tuple[Optional[str], str]:
+    """``(train, evaluation)`` split of ``data.dataset`` (train ``train_aug`` for VOC with SBD)."""
+    from nni_sparsemask.data.datasets import dataset_entry
+    entry = dataset_entry(data.dataset)
+    train = "train_aug" if data.dataset == "voc" and data.sbd_root else entry.train_split
+    return train, entry.eval_split
+
+
+def _folder_dataset(data: DataConfig, split: str, transform: Any, **kwargs: Any) -> Any:
+    """A traced data set read from ``data.root`` (checked first: a root laid out differently is one error)."""
+    import nni
+    from nni_sparsemask.data.datasets import build_dataset
+    if data.sbd_root:
+        kwargs["sbd_root"] = data.sbd_root
+    build_dataset(data.dataset, data.root, split, data.task, **kwargs)  # the layout, now, in this process
+    return nni.trace(build_dataset)(data.dataset, data.root, split, data.task, transform=transform, **kwargs)
+
+
+def make_loaders(data: DataConfig, *, train: bool = True) -> tuple[Any, Any]:
+    """``(train, val)`` traced data loaders (they pickle without the data, for NNI trials). ``train=False``
+    builds the evaluation loader only (``(None, val)``): evaluation-only data sets (ECSSD) have no training split.
+
+    DigitScenes: its ``task`` view, ``val`` scenes in batches of ``4 x batch_size``. The other data sets: the
+    training split with the paper's augmentation cropped to ``image_size``; the evaluation split one image per
+    batch, padded to ``image_size`` (bottom / right, targets 255). BSDS500's evaluation images also carry every
+    annotator's boundary map (``(image, target, boundaries)``), which the evaluation matches."""
     from nni.nas.evaluator.pytorch.lightning import DataLoader
 
     if data.dataset == "digitscenes":
         from nni_sparsemask.run.lightning import DigitScenesLoader
         common = dict(task=data.task, image_size=data.image_size, seed=data.seed)
-        train = DigitScenesLoader(batch_size=data.batch_size, shuffle=True, drop_last=True, split="train",
-                                  num_scenes=data.train_scenes, **common)
         val = DigitScenesLoader(batch_size=4 * data.batch_size, split="val", num_scenes=data.val_scenes, **common)
-        return train, val
+        if not train:
+            return None, val
+        train_loader = DigitScenesLoader(batch_size=data.batch_size, shuffle=True, drop_last=True, split="train",
+                                         num_scenes=data.train_scenes, **common)
+        return train_loader, val
     import nni
     from nni_sparsemask.data.transforms import eval_transform, train_transform
-    from nni_sparsemask.data.voc import VOCSegmentation, resolve_voc_root
-    resolve_voc_root(data.root)  # a missing root fails here, with the expected layout
-    image_set = "train_aug" if data.sbd_root else "train"
-    train_set = nni.trace(VOCSegmentation)(data.root, image_set, sbd_root=data.sbd_root,
-                                           transform=nni.trace(train_transform)(crop_size=data.image_size))
-    val_set = nni.trace(VOCSegmentation)(data.root, "val", transform=nni.trace(eval_transform)(pad_to=data.image_size))
+    train_split, eval_split = _splits(data)
+    extra = {"with_boundaries": True} if data.dataset == "bsds500" else {}
+    val_set = _folder_dataset(data, eval_split, nni.trace(eval_transform)(pad_to=data.image_size), **extra)
+    val = DataLoader(val_set, batch_size=1, num_workers=2)
+    if not train:
+        return None, val
+    if train_split is None:
+        raise ValueError(f"dataset {data.dataset!r} is for evaluation only (no training split); train on another "
+                         f"data set of task {data.task} and evaluate the run with --dataset {data.dataset}")
+    train_set = _folder_dataset(data, train_split, nni.trace(train_transform)(crop_size=data.image_size))
     order = nni.trace(ShardedEpochShuffle)(len(train_set), data.seed)  # from (seed, epoch) only; shared out in DDP
-    return (DataLoader(train_set, batch_size=data.batch_size, sampler=order, drop_last=True, num_workers=2),
-            DataLoader(val_set, batch_size=1, num_workers=2))
+    return (DataLoader(train_set, batch_size=data.batch_size, sampler=order, drop_last=True, num_workers=2), val)
 
 
 def check_inputs(data: DataConfig, model: ModelConfig, decoder: Optional[str] = None) -> list[Any]:
@@ -72,10 +98,13 @@ def check_inputs(data: DataConfig, model: ModelConfig, decoder: Optional[str] = 
     later, by ``sparsemask pretrain``), that ``decoder`` takes the backbone, and that a training batch of one image
     can pass the backbone (batch norm in training needs more than one value per channel, so the deepest stage
     must be larger than 1x1; larger batches take any size). Returns the backbone's ``feature_info``."""
-    if data.dataset == "voc":
-        from nni_sparsemask.data.voc import VOCSegmentation
-        VOCSegmentation(data.root, "train_aug" if data.sbd_root else "train", sbd_root=data.sbd_root)
-        VOCSegmentation(data.root, "val")
+    if data.dataset != "digitscenes":
+        from nni_sparsemask.data.datasets import build_dataset
+        train_split, eval_split = _splits(data)
+        extra = {"sbd_root": data.sbd_root} if data.sbd_root else {}
+        for split in (train_split, eval_split):
+            if split is not None:
+                build_dataset(data.dataset, data.root, split, data.task, **extra)
     from nni_sparsemask.fdn.backbones import build_backbone
     weights = None if model.backbone_weights in (None, PRETRAINED) else model.backbone_weights
     info = build_backbone(model.backbone, weights=weights, **model.backbone_kwargs).feature_info
@@ -128,15 +157,17 @@ def resolve_backbone_weights(model: ModelConfig, data: DataConfig, log: Callable
 
 
 def check_connectivity(conn: Connectivity, model: ModelConfig, num_classes: int, where: str) -> None:
-    """Refuse a connectivity searched for another backbone, other backbone arguments or another class count."""
+    """Refuse a connectivity made for another backbone or other backbone arguments: its stages are that
+    backbone's, and ``sparsemask transfer`` re-maps them. Another class count, task or data set is what the paper's
+    transfer experiments do (section 5: a connectivity searched on VOC segmentation, retrained for ADE20K, saliency
+    and edges): the classifier is built for the data, the connectivity is kept."""
     if conn.backbone != model.backbone or dict(conn.backbone_kwargs) != dict(model.backbone_kwargs):
-        raise ValueError(f"{where} was searched on backbone {conn.backbone} {dict(conn.backbone_kwargs)}, not "
-                         f"{model.backbone} {dict(model.backbone_kwargs)}; pass the same --backbone, or transfer "
-                         f"it first (Connectivity.transfer)")
-    searched = conn.meta.get("num_classes")
-    if searched is not None and int(searched) != num_classes:
-        raise ValueError(f"{where} was searched for {searched} classes but the data set has {num_classes}; "
-                         "search again on this data set")
+        kwargs = f" --backbone-kwargs '{json.dumps(dict(model.backbone_kwargs))}'" if model.backbone_kwargs else ""
+        raise ValueError(f"{where} was made for backbone {conn.backbone} {dict(conn.backbone_kwargs)}, not "
+                         f"{model.backbone} {dict(model.backbone_kwargs)}; pass the same --backbone, or transfer it "
+                         f"first: sparsemask transfer {where} --backbone {model.backbone}{kwargs} --out NEW.json")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
 
 
 def build_network(model: ModelConfig, num_classes: int, *, connectivity: Optional[Connectivity] = None,
@@ -306,30 +337,32 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = EvalCo
                      fps_batch: int = EvalConfig.fps_batch, device: Optional[str] = None,
                      fps_seconds: float = EvalConfig.fps_seconds, progress: bool = True
                      ) -> dict[str, Any]:
-    """mIoU, pixel accuracy, per-class IoU and foreground IoU on the val split; params (encoder + decoder);
+    """The task's scores on the evaluation split (:class:`.tasks.TaskMetrics`: mIoU, pixel accuracy, foreground IoU
+    and per-class IoU for every task; Score for segmentation; max F-beta and MAE for saliency; ODS / OIS / AP at
+    BSDS's 99 thresholds for edges), with ``task`` and ``main`` (the name of its main score); params (encoder + decoder);
     FPS at ``fps_size`` x ``fps_size`` (batch ``fps_batch``) on ``device``, of the deployment form (BN folded,
     channels_last: ``deploy.inference_form``); and, for the same input and form, what no machine changes
     (:mod:`.cost`): FLOPs, operator calls and bytes written per forward."""
     from tqdm.auto import tqdm
 
     from nni_sparsemask.measure.cost import inference_cost
-    from nni_sparsemask.measure.metrics import SegmentationMetrics, count_parameters, format_params, measure_fps
-    from nni_sparsemask.run.lightning import segmentation_scores
+    from nni_sparsemask.measure.metrics import count_parameters, format_params, measure_fps
+    from nni_sparsemask.run.tasks import TaskMetrics, task_info
 
     device = device or default_device()
     net = net.to(device).eval()
-    _, val_loader = make_loaders(data)
-    metrics = SegmentationMetrics(data.num_classes)
-    for x, y in tqdm(val_loader, desc="evaluate", disable=not progress, leave=False):
-        metrics.update(net(x.to(device)), y.to(device))
+    _, val_loader = make_loaders(data, train=False)
+    metrics = TaskMetrics(data.task, data.num_classes)
+    for batch in tqdm(val_loader, desc="evaluate", disable=not progress, leave=False):
+        x, y, *rest = batch
+        metrics.update(net(x.to(device)), y.to(device), boundaries=list(rest[0]) if rest else None)
     scores = metrics.compute()
-    extra = segmentation_scores(metrics)
-    per_class = scores.as_dict(class_names(data))["iou"]
+    per_class = metrics.confusion.compute().as_dict(class_names(data))["iou"]
     params = count_parameters(net)
     fps = measure_fps(net, input_size=(fps_size, fps_size), batch_size=fps_batch, device=device,
                       min_run_time=fps_seconds, inference=True)
     cost = inference_cost(net, (fps_size, fps_size), batch_size=fps_batch, inference=True)
-    return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "fg_iou": extra["fg_iou"],
+    return {"task": data.task, "main": task_info(data.task).main, **scores,
             "iou": per_class, "params_encoder": params.encoder, "params_decoder": params.decoder,
             "params_text": format_params(params), "fps": fps.fps, "fps_device": fps.device,
             "fps_input": [fps_size, fps_size], "fps_batch": fps_batch, "fps_threads": torch.get_num_threads(),

@@ -80,7 +80,8 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     if run.resumed and run.file(SEARCH_DONE).is_file():
         log(f"[search] {run.path} is already finished; its results are kept as they are")
         return read_json(run.file(SEARCH_DONE))
-    meta = {"method": strategy, "params": params, "num_classes": data.num_classes, "dataset": data.dataset}
+    meta = {"method": strategy, "params": params, "num_classes": data.num_classes, "dataset": data.dataset,
+            "task": data.task}
     t0 = time.time()
     if entry.kind == "sampler":
         conn, summary = _sample(run, strategy, params, model, meta, t0)
@@ -144,7 +145,7 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
     space = FDNSpace(model.backbone, num_classes=data.num_classes, decoder_channels=model.decoder_channels,
                      backbone_weights=weights, backbone_kwargs=model.backbone_kwargs)
     train_loader, val_loader = make_loaders(data)
-    evaluator = Segmentation(num_classes=data.num_classes, learning_rate=schedule.learning_rate,
+    evaluator = Segmentation(num_classes=data.num_classes, task=data.task, learning_rate=schedule.learning_rate,
                              train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=schedule.epochs,
                              accelerator=accelerator, enable_checkpointing=False, logger=False,
                              enable_progress_bar=progress, enable_model_summary=False,
@@ -303,16 +304,39 @@ def load_run_network(run_dir: str | Path) -> tuple[Any, DataConfig, ModelConfig]
     return load_weights(net, run_dir / "model.pt"), data, model
 
 
+def evaluation_data(trained: DataConfig, run_dir: Path, task: Optional[str] = None, dataset: Optional[str] = None,
+                    root: Optional[str] = None) -> DataConfig:
+    """The data a run is evaluated on: the one it was trained on, or another data set of the same task
+    (``dataset`` / ``root``: a saliency run trained on DUTS, scored on ECSSD). A ``task`` other than the run's is
+    refused: its network was trained for its own task's targets."""
+    if task is not None and task != trained.task:
+        raise ValueError(f"{run_dir} was trained for task {trained.task!r}, not {task!r}: evaluate it with --task "
+                         f"{trained.task} (or leave --task out), or retrain it for {task}")
+    if dataset is None and root is None:
+        return trained
+    from dataclasses import replace
+    dataset = dataset or trained.dataset
+    changes: dict[str, Any] = {"dataset": dataset, "root": root if root is not None else
+                               (trained.root if dataset == trained.dataset else None)}
+    if dataset != "voc":
+        changes["sbd_root"] = None
+    return replace(trained, **changes)
+
+
 def run_evaluate(run_dir: str | Path, *, fps_size: int = EvalConfig.fps_size, fps_batch: int = EvalConfig.fps_batch,
-                 device: Optional[str] = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a finished retrain run again (e.g. FPS on another device): ``evaluate.json``."""
+                 device: Optional[str] = None, overwrite: bool = False, progress: bool = True,
+                 task: Optional[str] = None, dataset: Optional[str] = None, data_root: Optional[str] = None
+                 ) -> dict[str, Any]:
+    """Evaluate a finished retrain run again (e.g. FPS on another device, or another data set of its task):
+    ``evaluate.json`` (``evaluate-<dataset>.json`` on another data set)."""
     run_dir = Path(run_dir)
-    target = run_dir / "evaluate.json"
+    net, trained, _ = load_run_network(run_dir)
+    data = evaluation_data(trained, run_dir, task, dataset, data_root)
+    target = run_dir / ("evaluate.json" if data.dataset == trained.dataset else f"evaluate-{data.dataset}.json")
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     EvalConfig(fps_size=fps_size, fps_batch=fps_batch)
     check_eval_device(device)
-    net, data, _ = load_run_network(run_dir)
     scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, device=device, progress=progress)
     from nni_sparsemask.run.rundir import write_json_atomic
     write_json_atomic(target, scores)
