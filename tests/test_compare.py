@@ -183,7 +183,7 @@ def test_the_training_module_reports_what_it_is_told(tmp_path, monkeypatch, nni_
     _fit(tmp_path, report_to_nni, validate=True)
     assert [kind for kind, _ in nni_reports] == expected
     for _, value in nni_reports:
-        assert set(value) == {"default", "pixel_accuracy", "fg_iou", "val_loss"}
+        assert set(value) == {"default", "pixel_accuracy", "fg_iou", "score", "val_loss"}
     if expected[2:3] == ["final"]:
         assert nni_reports[2][1] == nni_reports[1][1]  # the final result is the last epoch's
 

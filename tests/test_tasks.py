@@ -258,3 +258,16 @@ def test_transfer_command_prints_matched_and_dropped_stages(tmp_path, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == before
     assert main(["transfer", str(tmp_path / "nope.json"), "--out", str(tmp_path / "n.json")] + vgg) == 2
     assert "nope.json not found" in capsys.readouterr().err and not (tmp_path / "n.json").exists()
+
+
+def test_a_comparison_trial_reports_the_tasks_main_score(tmp_path):
+    from nni_sparsemask.comparison.trial import final_result
+
+    edges = {"task": "edges", "main": "ods", "ods": 0.61, "ois": 0.64, "ap": 0.55, "miou": 0.7, "fps": 10.0,
+             "params_decoder": 1000, "edges": 3}
+    r = final_result(edges, tmp_path)
+    assert r["default"] == 0.61 and r["task"] == "edges" and r["ap"] == 0.55
+    old = {"miou": 0.5, "pixel_accuracy": 0.9, "fps": 3.0}  # a run of an earlier release: segmentation
+    assert final_result(old, tmp_path)["default"] == 0.5
+    with pytest.raises(ValueError, match="has no ODS"):
+        final_result({"task": "edges", "miou": 0.5}, tmp_path)

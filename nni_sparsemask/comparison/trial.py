@@ -154,17 +154,24 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------------ one entry
 def final_result(metrics: Mapping[str, Any], run_dir: Path, reused: bool = False) -> dict[str, Any]:
-    """What the trial reports to NNI at the end (``default`` = mIoU), from a retrain run's ``metrics.json``."""
+    """What the trial reports to NNI at the end, from a retrain run's ``metrics.json``: ``default`` = the task's
+    main score (mIoU; max F-beta for saliency, ODS for edges), then the task's scores by name (runs without a
+    ``task`` were segmentation runs)."""
     def number(key: str) -> Optional[float]:
         value = metrics.get(key)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
         return None if math.isnan(float(value)) else float(value)
 
-    miou = number("miou")
-    if miou is None:
-        raise ValueError(f"{run_dir / 'metrics.json'} has no mIoU; delete the run directory and run the entry again")
-    return {"default": miou, "miou": miou, "pixel_accuracy": number("pixel_accuracy"), "fps": number("fps"),
+    from nni_sparsemask.run.tasks import task_info
+    task = metrics.get("task", "segmentation")
+    info = task_info(task)
+    main = number(info.main)
+    if main is None:
+        raise ValueError(f"{run_dir / 'metrics.json'} has no {info.label}; delete the run directory and run the entry "
+                         "again")
+    scores = {k: number(k) for k in info.scores}
+    return {"default": main, "task": task, **scores, "fps": number("fps"),
             "params_encoder": number("params_encoder"), "params_decoder": number("params_decoder"),
             "flops": number("flops"), "edges": metrics.get("edges"), "stages": metrics.get("stages"), "method": metrics.get("method"),
             "seed": metrics.get("seed"), "run_dir": str(run_dir.resolve()), "reused": reused}
@@ -331,8 +338,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if inside_nni:
         import nni
         nni.report_final_result(result)
-    log(f"[trial] {entry.describe()}: mIoU {result['miou']:.4f}, FPS {result['fps']}, decoder params "
-        f"{result['params_decoder']}, edges {result['edges']}; {result['run_dir']}")
+    log(f"[trial] {entry.describe()}: {result['task']} score {result['default']:.4f}, FPS {result['fps']}, "
+        f"decoder params {result['params_decoder']}, edges {result['edges']}; {result['run_dir']}")
     return 0
 
 
