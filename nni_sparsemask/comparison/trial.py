@@ -338,7 +338,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if inside_nni:
         import nni
         nni.report_final_result(result)
-    log(f"[trial] {entry.describe()}: {result['task']} score {result['default']:.4f}, FPS {result['fps']}, "
+    from nni_sparsemask.run.tasks import task_info
+    log(f"[trial] {entry.describe()}: {task_info(result['task']).label} {result['default']:.4f}, FPS {result['fps']}, "
         f"decoder params {result['params_decoder']}, edges {result['edges']}; {result['run_dir']}")
     return 0
 
