@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nni_sparsemask.fdn.backbones import Encoder, FeatureInfo, build_backbone
+from nni_sparsemask.fdn.fusion import traced_sizes
 
 __all__ = ["PEERS", "STRIDES", "DEFAULT_CHANNELS", "SMPNetwork", "build_smp_network", "select_stages",
            "check_backbone", "require_smp"]
@@ -100,13 +101,6 @@ def check_backbone(peer: str, backbone: str, feature_info: Sequence[FeatureInfo]
     require_smp()
 
 
-def _symbolic(*sides) -> bool:
-    """True while the forward is traced for export (:mod:`nni_sparsemask.measure.export`): ``torch.export`` /
-    ``torch.onnx`` give symbolic sides (``SymInt``), ``torch.jit.trace`` records them (0-d tensors). The forward
-    then takes no branch on a side, so that the exported program is right for every height and width."""
-    return torch.jit.is_tracing() or not all(isinstance(s, int) for s in sides)
-
-
 class _FitPyramid(nn.Module):
     """PAN's feature pyramid attention on a deep feature resized, if needed, to sides of 8 at least."""
 
@@ -116,7 +110,7 @@ class _FitPyramid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
-        if _symbolic(h, w):  # traced for export: sides max(8, side) without a branch on them
+        if traced_sizes(h, w):  # traced for export: sides max(8, side) without a branch on them
             fit = [s.clamp(min=8) if isinstance(s, torch.Tensor) else torch.sym_max(8, s) for s in (h, w)]
             return self.fpa(F.interpolate(x, size=fit, mode="bilinear", align_corners=False))  # same size: a copy
         fit = (max(8, h), max(8, w))
@@ -189,7 +183,7 @@ class SMPNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
-        padded = _symbolic(h, w) or bool(pad_h or pad_w)  # traced for export: always pad (maybe by 0) and crop
+        padded = traced_sizes(h, w) or bool(pad_h or pad_w)  # traced for export: always pad (maybe by 0) and crop
         if padded:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         features, _ = self.encoder(x)
@@ -199,7 +193,7 @@ class SMPNetwork(nn.Module):
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         if not padded:
             return logits
-        if _symbolic(h, w):  # crop by a negative pad: a new tensor, no guard on whether the view is contiguous
+        if traced_sizes(h, w):  # crop by a negative pad: a new tensor, no guard on whether the view is contiguous
             return F.pad(logits, (0, -pad_w, 0, -pad_h))
         return logits[..., :h, :w]
 

@@ -92,8 +92,25 @@ def test_torchscript_and_exported_program_round_trip(net, tmp_path, fmt, sizes):
 def test_exported_form_has_bn_folded_and_leaves_the_network_alone(net):
     from nni_sparsemask.measure.export import export_form
     form = export_form(net)
+    assert type(form) is type(net)  # PrunedFDN's own forward, no wrapper of it
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in form.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+def test_fuse_by_reduction_keys_equals_fuse_by_shape():
+    """PrunedFDN's stages group by encoder reduction (the export reads no shape); by shape it is the same sum."""
+    from nni_sparsemask.fdn.fusion import BROADCAST, FusionStage, fuse
+
+    torch.manual_seed(0)
+    xs = [torch.randn(1, 4, *s) for s in [(7, 9), (13, 17), (4, 5), (7, 9), (1, 1)]]
+    keys = [8, 4, 16, 8, BROADCAST]
+    assert torch.allclose(fuse(xs, (13, 17), keys, target=4), fuse(xs, (13, 17)), atol=1e-6)
+    with pytest.raises(ValueError, match="one per tensor and the target's key"):
+        fuse(xs, (13, 17), keys[:-1], target=4)
+    with pytest.raises(ValueError, match="one per tensor and the target's key"):
+        fuse(xs, (13, 17), keys)  # no target
+    with pytest.raises(ValueError, match="needs as many keys and a target key"):
+        FusionStage([4, 4], 8, keys=[2], target=2)
 
 
 def test_onnxruntime_graph_optimisation_counts(onnx_file, tmp_path):

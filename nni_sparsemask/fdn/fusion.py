@@ -17,13 +17,24 @@ resolution after upsampling in a naive form with BN.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EdgeConv", "FusionStage", "fuse", "resize_to", "naive_stage_forward", "fold_bn"]
+__all__ = ["EdgeConv", "FusionStage", "fuse", "resize_to", "naive_stage_forward", "fold_bn", "BROADCAST",
+           "traced_sizes"]
+
+#: the group key of a 1x1 source that is broadcast, never interpolated (the global-pool feature G)
+BROADCAST = None
+
+
+def traced_sizes(*sides) -> bool:
+    """True while a forward is traced for export with the sides symbolic: ``torch.export`` / ``torch.onnx`` give
+    ``SymInt`` sides, ``torch.jit.trace`` records them (0-d tensors). A forward then decides nothing from a side's
+    value (an ``int()`` or a comparison would bake the traced input's size into the program)."""
+    return torch.jit.is_tracing() or not all(isinstance(s, int) for s in sides)
 
 
 def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +71,14 @@ class EdgeConv(nn.Module):
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bring ``x`` to spatial ``size``: identity, broadcast for a 1x1 map (G), else bilinear."""
-    h, w = int(size[0]), int(size[1])
+    """Bring ``x`` to spatial ``size``: identity, broadcast for a 1x1 map (G), else bilinear.
+
+    While traced with symbolic sizes (:func:`traced_sizes`) always bilinear, which is exact in the other two cases
+    too (bilinear to the same size copies, from 1x1 repeats the value)."""
+    h, w = size[0], size[1]
+    if traced_sizes(h, w, x.shape[-2], x.shape[-1]):
+        return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    h, w = int(h), int(w)
     if x.shape[-2] == h and x.shape[-1] == w:
         return x
     if x.shape[-2] == 1 and x.shape[-1] == 1:
@@ -69,31 +86,51 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def fuse(tensors: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+def _place(x: torch.Tensor, key: Hashable, target: Hashable, size: Sequence[int]) -> torch.Tensor:
+    """A group of ``key`` at ``size``: as it is at the ``target`` key, broadcast (:data:`BROADCAST`), else
+    bilinear. Reads no shape, so ``size`` may be symbolic."""
+    if key == target:
+        return x
+    if key is BROADCAST:
+        return x.expand(x.shape[0], x.shape[1], size[0], size[1])
+    return F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=False)
+
+
+def fuse(tensors: Sequence[torch.Tensor], size: Sequence[int], keys: Sequence[Hashable] | None = None,
+         target: Hashable = None) -> torch.Tensor:
     """Sum edge outputs of possibly different resolutions at ``size``, upsampling once per source resolution.
 
     ``sum_t up(x_t) = sum_r up(sum_{t at resolution r} x_t)`` because bilinear upsampling is linear.
+    The resolutions are the tensors' shapes, or, given ``keys`` (one per tensor: its source's encoder reduction,
+    :data:`BROADCAST` for G) and the ``target`` key of ``size``, those keys: then no shape is read and ``size``
+    may be symbolic (a network traced for export with any height and width, :class:`~nni_sparsemask.fdn.pruned.
+    PrunedFDN`). The two agree wherever different resolutions give different shapes.
+
     The running sum is accumulated in place once it is a tensor made here (an upsampling or a sum), never in a
     tensor passed in: one full-resolution allocation per source resolution instead of two. Safe for autograd,
     since neither upsampling nor addition keeps its output for the backward pass.
     """
     if len(tensors) == 0:
         raise ValueError("a decoder stage needs at least one input")
-    groups: dict[tuple[int, int], torch.Tensor] = {}
-    for x in tensors:
-        key = (int(x.shape[-2]), int(x.shape[-1]))
+    if keys is None:  # by shape: the size itself is the target, a 1x1 map elsewhere is G
+        target = (int(size[0]), int(size[1]))
+        keys = [(int(x.shape[-2]), int(x.shape[-1])) for x in tensors]
+        keys = [BROADCAST if k == (1, 1) and k != target else k for k in keys]
+    elif len(keys) != len(tensors) or target is BROADCAST:
+        raise ValueError(f"fuse with keys needs one per tensor and the target's key (not BROADCAST), got "
+                         f"{len(tensors)} tensors, {len(keys)} keys, target {target!r}")
+    groups: dict[Hashable, torch.Tensor] = {}
+    for key, x in zip(keys, tensors):
         groups[key] = groups[key] + x if key in groups else x
     # start from an upsampled group (a new tensor) so that the sum can grow in place from the first step; a group
     # already at ``size`` (passed through) or the broadcast G (an expanded view) is never written to
-    target = (int(size[0]), int(size[1]))
-    keys = list(groups)
-    upsampled = [k for k in keys if k not in (target, (1, 1))]
-    first = upsampled[0] if upsampled else keys[0]
-    out, owned = resize_to(groups[first], size), bool(upsampled)
-    for key in keys:
+    upsampled = [k for k in groups if k != target and k is not BROADCAST]
+    first = upsampled[0] if upsampled else next(iter(groups))
+    out, owned = _place(groups[first], first, target, size), bool(upsampled)
+    for key in groups:
         if key == first:
             continue
-        part = resize_to(groups[key], size)
+        part = _place(groups[key], key, target, size)
         if owned:
             out.add_(part)
         else:
@@ -102,16 +139,25 @@ def fuse(tensors: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
 
 
 class FusionStage(nn.Module):
-    """A decoder stage with fixed inputs (the pruned network): ``D = fuse([edge_t(x_t)], size)``."""
+    """A decoder stage with fixed inputs (the pruned network): ``D = fuse([edge_t(x_t)], size)``.
 
-    def __init__(self, in_channels: Sequence[int], out_channels: int, bn: bool = False):
+    ``keys`` (one per input) and ``target`` group the inputs by those keys instead of their shapes (:func:`fuse`).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, bn: bool = False,
+                 keys: Sequence[Hashable] | None = None, target: Hashable = None):
         super().__init__()
         if len(in_channels) == 0:
             raise ValueError("a decoder stage needs at least one input")
+        if keys is not None and (len(keys) != len(in_channels) or target is BROADCAST):
+            raise ValueError(f"a decoder stage with {len(in_channels)} inputs needs as many keys and a target key "
+                             f"(not BROADCAST), got {len(keys)} keys, target {target!r}")
         self.edges = nn.ModuleList([EdgeConv(c, out_channels, bn=bn) for c in in_channels])
+        self.keys = None if keys is None else list(keys)
+        self.target = target
 
-    def forward(self, inputs: list[torch.Tensor], size: list[int]) -> torch.Tensor:
-        return fuse([edge(x) for edge, x in zip(self.edges, inputs)], size)
+    def forward(self, inputs: list[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        return fuse([edge(x) for edge, x in zip(self.edges, inputs)], size, self.keys, self.target)
 
 
 def _folded_affine(edge: EdgeConv, weight: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,9 @@
 
 After pruning, w and the per-edge BN of Eq. 4 are removed (section 3.3): every edge is ReLU6 -> 1x1 conv (with
 bias) at the source resolution, and each stage sums its edges with one upsampling per source resolution. No NNI
-is needed to run it; it exports with ``torch.export.export`` (tested), which is the supported deployment path.
+is needed to run it. Its forward reads no size as a number (sources are grouped by encoder reduction, every size is
+a tensor's shape), so ``torch.export``, ``torch.onnx`` and ``torch.jit.trace`` keep height and width symbolic:
+``sparsemask export`` (:mod:`nni_sparsemask.measure.export`) writes it for any input size.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from torch import nn
 
 from nni_sparsemask.fdn.backbones import Encoder, build_backbone
 from nni_sparsemask.fdn.connectivity import Connectivity
-from nni_sparsemask.fdn.fusion import FusionStage
+from nni_sparsemask.fdn.fusion import BROADCAST, FusionStage
 from nni_sparsemask.fdn.space import SegmentationHead, check_model_args
 
 __all__ = ["PrunedFDN", "build_pruned", "decoder_parameter_count"]
@@ -42,25 +44,32 @@ class PrunedFDN(nn.Module):
         self.decoder_channels = decoder_channels
         channels = {f"E{i}": f.channels for i, f in enumerate(encoder.feature_info, start=1)}
         channels["G"] = encoder.feature_info[-1].channels
+        # sources grouped by resolution (fusion.fuse) by their encoder reduction: E_l and D_l have E_l's, G none
+        reduction = {f"E{i}": f.reduction for i, f in enumerate(encoder.feature_info, start=1)}
+        reduction.update({f"D{i}": r for i, r in enumerate(list(reduction.values()), start=1)})
+        reduction["G"] = BROADCAST
         self.stage_names = connectivity.stages()
         self.stage_inputs = {s: connectivity.inputs(s) for s in self.stage_names}
         self.decoder = nn.ModuleDict()
         for s in self.stage_names:
             in_ch = [channels.get(src, decoder_channels) for src in self.stage_inputs[s]]
-            self.decoder[s] = FusionStage(in_ch, decoder_channels, bn=edge_bn)
+            self.decoder[s] = FusionStage(in_ch, decoder_channels, bn=edge_bn,
+                                          keys=[reduction[src] for src in self.stage_inputs[s]], target=reduction[s])
         self.output = connectivity.output
         self.head = SegmentationHead(decoder_channels, num_classes)
 
+    #: the forward reads no size as a number: traced for export, its sizes stay symbolic (any height and width;
+    #: read by :func:`nni_sparsemask.measure.export.export_form`)
+    symbolic_sizes = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = [int(x.shape[-2]), int(x.shape[-1])]
         features, g = self.encoder(x)
         outputs = {f"E{i}": f for i, f in enumerate(features, start=1)}
         outputs["G"] = g
         for s in self.stage_names:
-            level = int(s[1:])
-            target = [int(features[level - 1].shape[-2]), int(features[level - 1].shape[-1])]
+            target = features[int(s[1:]) - 1].shape[-2:]
             outputs[s] = self.decoder[s]([outputs[src] for src in self.stage_inputs[s]], target)
-        return self.head(outputs[self.output], size)
+        return self.head(outputs[self.output], x.shape[-2:])
 
 
 def build_pruned(

@@ -1,17 +1,16 @@
 """Export a trained network in its deployment form (BN folded, :mod:`.deploy`) for batch 1 at ANY height and width:
 ONNX, TorchScript or a ``torch.export`` ExportedProgram.
 
-Why the network is not exported as it is: :class:`~nni_sparsemask.fdn.pruned.PrunedFDN` (and DeepLabV3) read the
-spatial sizes with ``int(x.shape[-2])``, and the decoder groups and resizes by those integers
-(:func:`~nni_sparsemask.fdn.fusion.resize_to`, :func:`~nni_sparsemask.fdn.fusion.fuse`). Tracing turns them into
-constants of the example input, and ``torch.export`` specialises a dynamic height / width to them ("marked h as
-dynamic but your code specialized it to be a constant"). :func:`export_form` therefore wraps the same modules
-(encoder, edge convolutions, head) in a forward that takes every target size from a tensor's symbolic shape
-(``F.interpolate(x, size=ref.shape[-2:])``). It computes what the eager forward computes, in the same order:
-edges of one source resolution summed before one upsampling, a stage's inputs at its own resolution not resized,
-the global-pool feature G broadcast, never interpolated. Sources are grouped by their encoder reduction (E_l and
-D_l have E_l's), which the eager forward finds from the shapes; the two agree (tests compare the outputs at two
-input sizes, one of them not square).
+Which forward is exported: a network whose forward reads no spatial size as a number says so with a class
+attribute ``symbolic_sizes = True`` and is exported as it is (BN folded). :class:`~nni_sparsemask.fdn.pruned.PrunedFDN`
+is one: its stages group their sources by encoder reduction, not by shape, and take every target size from a
+tensor's shape (:func:`~nni_sparsemask.fdn.fusion.fuse` with keys; :func:`~nni_sparsemask.fdn.fusion.resize_to`
+always bilinear while traced); the smp peers (``baselines/smp_peers.py``) are another. An ``int(x.shape[-2])`` or
+a comparison of sizes would be a constant of the example input to tracing, and ``torch.export`` specialises a
+dynamic height / width to it ("marked h as dynamic but your code specialized it to be a constant"). DeepLabV3
+reads its input size with ``int()``, so :func:`export_form` wraps its modules (encoder, ASPP, classifier) in a
+forward that takes the final size from the input's symbolic shape. Tests compare the exports with the eager
+network at two input sizes, one of them not square.
 
 The exported network takes ``image`` (1, 3, H, W) and returns ``logits`` (1, classes, H, W); H and W are
 symbolic (ONNX: every ``Resize`` size computed from the input's ``Shape``, e.g. ``(H - 1) // 4 + 1``;
@@ -73,50 +72,6 @@ def _resize_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
-class SymbolicFDN(nn.Module):
-    """The forward of a :class:`PrunedFDN` with every size taken from a tensor's shape (see the module docstring);
-    shares the network's modules."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.encoder, self.decoder, self.head = net.encoder, net.decoder, net.head
-        self.stage_names = list(net.stage_names)
-        self.stage_inputs = {s: list(v) for s, v in net.stage_inputs.items()}
-        self.output = net.output
-        self.reduction = {f"E{i}": f.reduction for i, f in enumerate(net.encoder.feature_info, start=1)}
-        self.reduction.update({f"D{i}": r for i, r in enumerate(self.reduction.values(), start=1)})
-        self.reduction["G"] = None  # 1x1, broadcast
-
-    def _fuse(self, stage: str, outputs: dict[str, torch.Tensor], ref: torch.Tensor) -> torch.Tensor:
-        """:func:`~nni_sparsemask.fdn.fusion.fuse` of the stage's edge outputs at ``ref``'s size."""
-        groups: dict[int | None, torch.Tensor] = {}
-        for edge, src in zip(self.decoder[stage].edges, self.stage_inputs[stage]):
-            key, y = self.reduction[src], edge(outputs[src])
-            groups[key] = groups[key] + y if key in groups else y
-        target = self.reduction[stage]
-        upsampled = [k for k in groups if k not in (target, None)]
-        first = upsampled[0] if upsampled else next(iter(groups))
-        out = None
-        for key in [first] + [k for k in groups if k != first]:
-            if key == target:
-                part = groups[key]
-            elif key is None:
-                part = groups[key].expand(-1, -1, ref.shape[-2], ref.shape[-1])
-            else:
-                part = _resize_like(groups[key], ref)
-            out = part if out is None else out + part
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features, g = self.encoder(x)
-        outputs = {f"E{i}": f for i, f in enumerate(features, start=1)}
-        outputs["G"] = g
-        for s in self.stage_names:
-            outputs[s] = self._fuse(s, outputs, features[int(s[1:]) - 1])
-        logits = self.head.classifier(F.relu6(outputs[self.output]))
-        return logits if self.reduction[self.output] == 1 else _resize_like(logits, x)
-
-
 class SymbolicEncoderHead(nn.Module):
     """Networks laid out as ``encoder`` -> ``aspp`` -> ``classifier`` -> bilinear to the input size (DeepLabV3),
     with the final size taken from the input's shape."""
@@ -133,12 +88,8 @@ class SymbolicEncoderHead(nn.Module):
 def export_form(net: nn.Module) -> nn.Module:
     """The deployment form of ``net`` (eval mode, BN folded; ``net`` left untouched) in a forward whose sizes stay
     symbolic under tracing and ``torch.export``."""
-    from nni_sparsemask.fdn.pruned import PrunedFDN  # imports NNI: not when the command line is only parsed
-
     folded = inference_form(net, channels_last=False)
-    if isinstance(folded, PrunedFDN):
-        return SymbolicFDN(folded).eval()
-    if getattr(folded, "symbolic_sizes", False) is True:  # its own forward branches on no size (the smp peers)
+    if getattr(folded, "symbolic_sizes", False) is True:  # its forward reads no size (PrunedFDN, the smp peers)
         return folded
     if all(isinstance(getattr(folded, n, None), nn.Module) for n in ("encoder", "aspp", "classifier")):
         return SymbolicEncoderHead(folded).eval()
