@@ -28,6 +28,8 @@ def test_transfer_tasks_smoke(tmp_path, monkeypatch):
             assert 0 <= summary["tasks"][task][net][main] <= 1
             metrics = json.loads((out / task / net / "metrics.json").read_text())
             assert metrics["task"] == task and metrics["main"] == main
+            # retrained with the task's loss and validated with its scores, epoch by epoch
+            assert f"val_{main}" in (out / task / net / "history.csv").read_text().splitlines()[0].split(",")
     assert summary["backbone"]["name"] == "mobilenet_v2" and summary["backbone"]["edges"] >= 1
     text = (out / "transfer.md").read_text()
     assert "| network | ODS | OIS | AP |" in text and "max F-beta" in text and "Stages matched by reduction" in text

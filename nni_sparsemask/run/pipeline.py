@@ -305,7 +305,7 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
 
     last = run.checkpoints / "last.ckpt"
     resume_from = check_checkpoint(last) if resume and last.is_file() else None  # a broken one: one line, now
-    module = SegmentationModule(num_classes=data.num_classes, learning_rate=train.learning_rate,
+    module = SegmentationModule(num_classes=data.num_classes, task=data.task, learning_rate=train.learning_rate,
                                 decoder_lr_mult=train.decoder_lr_mult, weight_decay=train.weight_decay,
                                 seed=train.seed)
     module.set_model(net)
