@@ -141,7 +141,10 @@ def fuse(tensors: Sequence[torch.Tensor], size: Sequence[int], keys: Sequence[Ha
 class FusionStage(nn.Module):
     """A decoder stage with fixed inputs (the pruned network): ``D = fuse([edge_t(x_t)], size)``.
 
-    ``keys`` (one per input) and ``target`` group the inputs by those keys instead of their shapes (:func:`fuse`).
+    ``keys`` (one per input) and ``target`` group the inputs by those keys instead of their shapes (:func:`fuse`)
+    while the forward is traced for export (:func:`traced_sizes`: the sizes are symbolic, no shape can be read). An
+    eager forward groups by shape, which also shares G's broadcast with a source that is 1x1 at this input size:
+    the operations the cost tables count (:mod:`nni_sparsemask.fdn.costmodel`). Both give the same output.
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int, bn: bool = False,
@@ -157,7 +160,8 @@ class FusionStage(nn.Module):
         self.target = target
 
     def forward(self, inputs: list[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        return fuse([edge(x) for edge, x in zip(self.edges, inputs)], size, self.keys, self.target)
+        keyed = self.keys is not None and traced_sizes(*size)
+        return fuse([edge(x) for edge, x in zip(self.edges, inputs)], size, self.keys if keyed else None, self.target)
 
 
 def _folded_affine(edge: EdgeConv, weight: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
