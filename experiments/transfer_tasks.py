@@ -76,14 +76,25 @@ def _retrain(out: Path, data: Any, model: Any, train: Any, which: dict[str, Any]
                        progress=not args.no_progress, log=log, **which)
 
 
-def _table(task: str, results: dict[str, dict[str, Any]]) -> str:
+def _timed(runs: dict[str, Path], args: argparse.Namespace) -> tuple[dict[str, float], dict[str, tuple]]:
+    """FPS of the trained networks of ``runs`` timed side by side on the CPU (best pass) and each one's FPS / dense
+    FDN as the median (range) of the ratio within each pass."""
+    from nni_sparsemask.run.demo import fps_side_by_side, ratio_over_passes
+
+    side = fps_side_by_side(runs, args.fps_size, device="cpu", **({"rounds": 2, "seconds": 0.05} if args.smoke else {}))
+    return side["fps"], {sub: ratio_over_passes(side["rounds"], sub, "fdn") for sub in runs}
+
+
+def _table(task: str, results: dict[str, dict[str, Any]], ratios: dict[str, tuple]) -> str:
     keys = TASK_ROWS[task]
-    head = "| network | " + " | ".join(NAMES[k] for k in keys) + " | decoder params | FPS |"
-    lines = [head, "|" + " --- |" + " ---: |" * (len(keys) + 2)]
+    head = "| network | " + " | ".join(NAMES[k] for k in keys) + " | decoder params | FPS | FPS / dense FDN |"
+    lines = [head, "|" + " --- |" + " ---: |" * (len(keys) + 3)]
     for title, sub in NETWORKS:
         m = results[sub]
         cells = [f"{m[k]:.3f}" if k == "mae" else f"{100 * m[k]:.1f}" for k in keys]
-        lines.append(f"| {title} | " + " | ".join(cells) + f" | {m['params_decoder'] / 1e3:.1f}K | {m['fps']:.1f} |")
+        r = ratios[sub]
+        lines.append(f"| {title} | " + " | ".join(cells) + f" | {m['params_decoder'] / 1e3:.1f}K | {m['fps']:.1f} | "
+                     f"{r[0]:.2f}x ({r[1]:.2f}-{r[2]:.2f}) |")
     return "\n".join(lines)
 
 
@@ -92,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     from nni_sparsemask.fdn.backbones import build_backbone
     from nni_sparsemask.fdn.connectivity import Connectivity
     from nni_sparsemask.run.config import DataConfig, ModelConfig, SearchConfig, TrainConfig
-    from nni_sparsemask.run.demo import fps_side_by_side, ratio_over_passes
     from nni_sparsemask.run.pipeline import resolve_backbone_weights
     from nni_sparsemask.run.steps import run_search
 
@@ -121,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"connectivity": str(conn_path), "edges": conn.num_edges, "tasks": {}}
     sections = [f"Connectivity searched on DigitScenes segmentation ({conn_path}, {conn.num_edges} edges), "
                 f"retrained with each task's loss: {args.retrain_epochs} epochs on {args.train_scenes} scenes "
-                f"({base.image_size}px), scored on {args.val_scenes} val scenes; FPS at {args.fps_size}px on the "
-                "CPU (each run's own evaluation)."]
+                f"({base.image_size}px), scored on {args.val_scenes} val scenes. FPS: the three networks of a table timed "
+                f"side by side on the CPU at {args.fps_size}x{args.fps_size}, batch 1, deployment form (best pass; "
+                "FPS / dense FDN: median and range of the ratio within each pass)."]
     for task in args.tasks:
         data = dataclasses.replace(base, task=task)
         results = {}
@@ -130,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             which = dict(connectivity=conn_path) if sub == "sparsemask" else dict(decoder=sub)
             log(f"\n[transfer] {task}: {title}")
             results[sub] = _retrain(out / task / sub, data, model, train, which, args, log)
-        summary["tasks"][task] = {sub: {k: results[sub].get(k) for k in TASK_ROWS[task] + ("params_decoder", "fps")}
-                                  for _, sub in NETWORKS}
-        sections.append(f"### {task}\n\n{_table(task, results)}")
+        fps, ratios = _timed({sub: out / task / sub for _, sub in NETWORKS}, args)
+        results = {sub: dict(results[sub], fps=fps[sub]) for sub in results}
+        summary["tasks"][task] = {sub: {**{k: results[sub].get(k) for k in TASK_ROWS[task] + ("params_decoder", "fps")},
+                                        "fps_ratio": ratios[sub][0]} for _, sub in NETWORKS}
+        sections.append(f"### {task}\n\n{_table(task, results, ratios)}")
 
     if args.backbone != "none":
         other = ModelConfig(backbone=args.backbone, backbone_kwargs=args.backbone_kwargs,
@@ -150,16 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             which = dict(connectivity=moved_path) if sub == "sparsemask" else dict(decoder=sub)
             log(f"\n[transfer] {args.backbone}: {title}")
             results[sub] = _retrain(out / args.backbone / sub, base, other, train, which, args, log)
-        side = fps_side_by_side({sub: out / args.backbone / sub for _, sub in NETWORKS}, args.fps_size, device="cpu",
-                                **({"rounds": 2, "seconds": 0.05} if args.smoke else {}))
-        for _, sub in NETWORKS:
-            results[sub] = dict(results[sub], fps=side["fps"][sub])
-        ratios = {sub: ratio_over_passes(side["rounds"], sub, "fdn") for _, sub in NETWORKS}
+        fps, ratios = _timed({sub: out / args.backbone / sub for _, sub in NETWORKS}, args)
+        results = {sub: dict(results[sub], fps=fps[sub]) for sub in results}
         matched = ", ".join(f"E{i}->{'E' + str(j) if j else 'dropped'}" for i, j in mapping.items())
         sections.append(f"### backbone {args.backbone} {json.dumps(args.backbone_kwargs)}\n\n"
                         f"Stages matched by reduction: {matched}; {moved.num_edges} edges kept.\n\n"
-                        + _table("segmentation", results) + "\n\nFPS / dense FDN (median of paired passes): "
-                        + ", ".join(f"{t} {ratios[s][0]:.2f}x" for t, s in NETWORKS))
+                        + _table("segmentation", results, ratios))
         summary["backbone"] = {"name": args.backbone, "kwargs": args.backbone_kwargs, "edges": moved.num_edges,
                                "mapping": {str(k): v for k, v in mapping.items()},
                                "results": {sub: {k: results[sub].get(k) for k in TASK_ROWS["segmentation"]

@@ -271,3 +271,15 @@ def test_a_comparison_trial_reports_the_tasks_main_score(tmp_path):
     assert final_result(old, tmp_path)["default"] == 0.5
     with pytest.raises(ValueError, match="has no ODS"):
         final_result({"task": "edges", "miou": 0.5}, tmp_path)
+
+
+def test_retrain_trains_and_validates_with_the_tasks_loss_and_scores(tmp_path):
+    from nni_sparsemask.run.config import TrainConfig
+    from nni_sparsemask.run.steps import run_retrain
+
+    data = DataConfig(image_size=32, train_scenes=8, val_scenes=4, batch_size=4, task="edges")
+    m = run_retrain(tmp_path / "fcn", data, TINY_MODEL, TrainConfig(epochs=1), decoder="fcn", fps_size=32,
+                    fps_seconds=0.05, progress=False, accelerator="cpu", log=lambda *_: None)
+    header = (tmp_path / "fcn" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"val_ods", "val_ois", "val_ap"} <= set(header) and "val_score" not in header
+    assert m["task"] == "edges" and m["main"] == "ods" and 0 <= m["ods"] <= 1

@@ -15,6 +15,7 @@ def _main():
     return runpy.run_path(str(SCRIPT), run_name="transfer_tasks")["main"]
 
 
+@pytest.mark.slow  # 12 retrainings and a search: 3-11 min on 2 cores
 def test_transfer_tasks_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["transfer_tasks.py"])
     out = tmp_path / "t"
