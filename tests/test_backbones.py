@@ -93,3 +93,19 @@ def test_convnet_for_cpu_demos_and_its_weights_round_trip(tmp_path):
         build_backbone("convnet", weights=str(path), widths=(4, 8, 16))
     with pytest.raises(ValueError, match="positive"):
         build_backbone("convnet", widths=(4, 0))
+
+
+@pytest.mark.parametrize("name,kwargs", [("mobilenet_v2", {"width_mult": 0.25}), ("resnet18", {})])
+def test_an_encoders_own_state_dict_loads_into_torchvision_backbones(tmp_path, name, kwargs):
+    # what `sparsemask pretrain` saves: the Encoder's state_dict (keys stages.*), not the torchvision model's
+    torch.manual_seed(0)
+    enc = build_backbone(name, **kwargs)
+    path = tmp_path / "enc.pt"
+    torch.save(enc.state_dict(), path)
+    torch.manual_seed(1)
+    loaded = build_backbone(name, weights=path, **kwargs)
+    for (k, a), (_, b) in zip(enc.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="does not fit backbone 'mobilenet_v2'"):
+        build_backbone("mobilenet_v2", weights=path, width_mult=0.5) if name == "mobilenet_v2" else \
+            build_backbone("mobilenet_v2", weights=path)

@@ -241,11 +241,34 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _encoder_state(weights: str | os.PathLike | None) -> dict | None:
+    """The ``state_dict`` of an :class:`Encoder` itself (keys ``stages.*``, as ``sparsemask pretrain`` saves it) in
+    the local file ``weights``; None for anything else (a torchvision model's own keys, a weights name)."""
+    if weights is None or not Path(weights).is_file():
+        return None
+    state = torch.load(Path(weights), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and state and all(str(k).startswith("stages.") for k in state):
+        return state
+    return None
+
+
 def build_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs) -> Encoder:
-    """Build the registered encoder ``name`` (e.g. ``build_backbone("mobilenet_v2", width_mult=0.25)``)."""
+    """Build the registered encoder ``name`` (e.g. ``build_backbone("mobilenet_v2", width_mult=0.25)``).
+
+    ``weights``: a torchvision weights name, a local file of the torchvision model's ``state_dict``, or a local file
+    of the encoder's own ``state_dict`` (``sparsemask pretrain`` writes these)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(available_backbones())}")
+    own = _encoder_state(weights)
     try:
-        return _REGISTRY[name](weights=weights, **kwargs)
+        encoder = _REGISTRY[name](weights=None if own is not None else weights, **kwargs)
     except TypeError as err:
         raise ValueError(f"bad arguments {sorted(kwargs)} for backbone {name!r}: {err}") from None
+    if own is not None:
+        try:
+            encoder.load_state_dict(own)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[1:2] or [str(err)[:200]]
+            raise ValueError(f"weights file {weights} does not fit backbone {name!r} {kwargs}: "
+                             f"{first[0].strip()}") from None
+    return encoder
