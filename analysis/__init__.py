@@ -4,6 +4,7 @@ Modules, one idea each: :mod:`.families` (family names and order), :mod:`.result
 :mod:`.nni_db` (a finished NNI experiment's trials, read from NNI's SQLite database: no manager, no NNI import),
 :mod:`.tasks` (each task's main score and how it is named: a copy of the run layer's table),
 :mod:`.table` (Table 1 and the gap table in markdown), :mod:`.figures` (Fig. 4, gap bars),
+:mod:`.dominance` (Fig. 4's front and who dominates whom, in words),
 :mod:`.connectivity_figures` (Fig. 5 heatmaps, w over epochs, architecture drawing), :mod:`.report`
 (``write_report``). Names are imported lazily: importing this package does no work.
 """
@@ -19,7 +20,8 @@ _EXPORTS = {
     "save_figure": "figures",
     "plot_w_heatmaps": "connectivity_figures", "plot_w_history": "connectivity_figures",
     "plot_architecture": "connectivity_figures", "final_weights": "connectivity_figures",
-    "write_report": "report",
+    "write_report": "report", "dominance_markdown": "dominance", "front_labels": "dominance",
+    "read_paired_fps": "results",
 }
 
 __all__ = sorted(_EXPORTS)

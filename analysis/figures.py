@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-from .table import format_gap, group_labels, params_unit, summarize, task_of
+from .table import format_gap, group_labels, paired_reference, params_unit, summarize, task_of
 from .tasks import task_info
 
 __all__ = ["plot_tradeoff", "plot_binarization_gap", "pareto_front", "save_figure", "family_style"]
@@ -139,7 +139,8 @@ def _draw_front(ax, x: np.ndarray, y: np.ndarray, x_higher_better: bool) -> None
 
 def _tradeoff_points(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The runs with what Fig. 4 plots (``label``, ``dec`` in ``unit``, ``main_pct``: the main score in %,
-    ``gflops``, ``series``) and the unit of the decoder parameters (``K`` or ``M``)."""
+    ``gflops``, ``speed``: the paired FPS ratio when every run has one, else FPS; ``series``) and the unit of the
+    decoder parameters (``K`` or ``M``)."""
     work = df.copy()
     work["label"] = group_labels(work)
     unit = params_unit(list(work["params_decoder"]))
@@ -147,6 +148,8 @@ def _tradeoff_points(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     work["dec"] = work["params_decoder"] / div
     work["main_pct"] = (work["main"] if "main" in work else work["miou"]) * 100
     work["gflops"] = work["flops"] / 1e9 if "flops" in work else np.nan
+    # the speed axis: the paired ratio when every run has one (timed side by side), else each run's own FPS
+    work["speed"] = work["fps_ratio"] if paired_reference(work, complete=True) else work["fps"]
     # one series per family; hand-designed decoders and FDN ablations share one series each, named by text
     work["series"] = work["label"]
     work.loc[work["kind"] == "hand", "series"] = HAND_SERIES
@@ -154,11 +157,15 @@ def _tradeoff_points(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return work, unit
 
 
-def _label_tradeoff_axes(axes: list, device: str | None, unit: str, log_params: bool, score: str = "mIoU") -> None:
+def _label_tradeoff_axes(axes: list, device: str | None, unit: str, log_params: bool, score: str = "mIoU",
+                         reference: str | None = None) -> None:
     """Axis labels and titles of Fig. 4's panels (FPS, decoder parameters, GFLOPs when there); ``score``: the
-    name of the y axis' score (the task's main score)."""
+    name of the y axis' score (the task's main score); ``reference``: the speed axis is FPS / that method's FPS,
+    timed side by side (paired), instead of FPS."""
     ax_fps, ax_par = axes[:2]
-    ax_fps.set_xlabel("Inference speed (FPS, frames/s" + (f", {device}" if device is not None else "") + ")")
+    where = f", {device}" if device is not None else ""
+    ax_fps.set_xlabel(f"FPS / {reference} (paired, side by side{where})" if reference else
+                      f"Inference speed (FPS, frames/s{where})")
     ax_par.set_xlabel(f"Decoder parameters ({unit}" + (", log scale" if log_params else "") + ")")
     ax_fps.set_ylabel(f"{score} (%)")
     ax_fps.set_title(f"{score} vs FPS (up and right is better)")
@@ -169,7 +176,8 @@ def _label_tradeoff_axes(axes: list, device: str | None, unit: str, log_params: 
 
 
 def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder size (Fig. 4)") -> Figure:
-    """Fig. 4: the main score (mIoU; max F-beta, ODS for saliency, edge runs: one task per figure) vs FPS (left)
+    """Fig. 4: the main score (mIoU; max F-beta, ODS for saliency, edge runs: one task per figure) vs FPS (left;
+    FPS / the reference network's, paired, when every run has a ``fps_ratio`` from ``sparsemask retime``)
     and vs decoder parameters (middle), one point per run; a third panel, the score vs GFLOPs per forward (at
     the FPS input size, the count no machine changes), when at least two runs have it (``flops`` in
     ``metrics.json``).
@@ -186,7 +194,7 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
     summary = summarize(df)
     styles = family_style(summary)
     work, unit = _tradeoff_points(df)
-    panels = [("fps", True), ("dec", False)] + ([("gflops", False)] if work["gflops"].notna().sum() >= 2 else [])
+    panels = [("speed", True), ("dec", False)] + ([("gflops", False)] if work["gflops"].notna().sum() >= 2 else [])
 
     fig = Figure(figsize=(6 * len(panels), 5.6), layout="constrained")
     FigureCanvasAgg(fig)  # a real canvas: text boxes are measured to place the labels
@@ -209,7 +217,8 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.06, y=0.08)
     devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
-    _label_tradeoff_axes(axes, devices[0] if len(devices) == 1 else None, unit, log_params, score)
+    _label_tradeoff_axes(axes, devices[0] if len(devices) == 1 else None, unit, log_params, score,
+                         paired_reference(df, complete=True))
     handles, labels = ax_fps.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title)

@@ -7,7 +7,7 @@ Files written into ``out_dir``::
 
     report.md                      the report (figures linked relatively, so the folder can be moved)
     results.csv                    one row per run (see :mod:`.results`)
-    fig4_tradeoff.png              main score vs FPS and vs decoder parameters, Pareto fronts
+    fig4_tradeoff.png              main score vs FPS (or the paired FPS ratio) and vs decoder parameters, Pareto fronts
     binarization_gap.png           gap per strategy (only when some run reports one)
     fig5_w_heatmaps.png            final w of the best run of each searched family that has a connectivity
     fig5_w_history_<family>.png    w over epochs, for SparseMask and L1 runs whose connectivity has a history
@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from .dominance import dominance_markdown
 from .figures import plot_binarization_gap, plot_tradeoff, save_figure
 from .results import load_results, save_csv, skipped_runs
 from .table import gap_table_markdown, group_labels, table1_markdown
@@ -109,7 +110,8 @@ def _one_task(df: pd.DataFrame, source: Any) -> str:
     return tasks[0]
 
 
-def write_report(source: Any, out_dir: str | Path, overwrite: bool = False, task: str | None = None) -> Path:
+def write_report(source: Any, out_dir: str | Path, overwrite: bool = False, task: str | None = None,
+                 paired_fps: str | Path | None = None) -> Path:
     """Write the report of ``source`` (a root of run dirs, an NNI experiment id or Experiment) into ``out_dir``.
 
     Returns the path of ``report.md``. Refuses (``FileExistsError``) to replace an existing ``report.md``
@@ -124,7 +126,7 @@ def write_report(source: Any, out_dir: str | Path, overwrite: bool = False, task
         raise FileExistsError(f"{out_dir} exists and is not a directory; choose another output folder")
     if report_path.exists() and not overwrite:
         raise FileExistsError(f"{report_path} exists; pass overwrite=True (--overwrite) to replace it")
-    df = load_results(source, task=task)
+    df = load_results(source, task=task, paired_fps=paired_fps)
     info = task_info(_one_task(df, source))
     score = info.label
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ def write_report(source: Any, out_dir: str | Path, overwrite: bool = False, task
     md += ["## Fig. 4: accuracy vs speed and decoder size\n",
            f"Dashed step line: Pareto front (higher {score} and higher FPS, resp. fewer decoder parameters or "
            "FLOPs, is better). The FLOPs panel (per forward at the FPS input size) appears when the runs counted them.\n",
-           "![Fig. 4](fig4_tradeoff.png)\n"]
+           "![Fig. 4](fig4_tradeoff.png)\n", "### Who dominates whom\n", dominance_markdown(df), ""]
 
     md += ["## Binarization gap\n", gap_table_markdown(df), ""]
     if df["binarization_gap"].notna().any():

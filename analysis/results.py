@@ -27,7 +27,12 @@ NaN when the run's task has no such score; the main score is required), ``params
 ``ops``, ``bytes_written`` (per forward at the FPS input size, :mod:`nni_sparsemask.measure.cost`; NaN for runs evaluated
 before they were counted), ``edges``, ``stages``, ``binarization_gap`` (``inf`` when every dropped w is exactly 0, NaN when unknown),
 ``search_seconds``, ``train_seconds``, ``run_dir``, ``connectivity`` (path or None), ``source`` (``rundir`` or
-``nni``), ``trial_id``.
+``nni``), ``trial_id``, and ``fps_ratio``, ``fps_ratio_min``, ``fps_ratio_max`` (FPS / the reference network's,
+median and range over passes in which every network was timed side by side: ``sparsemask retime`` writes them into
+:data:`PAIRED_FPS_FILE`; NaN without one) with ``fps_reference`` (the reference's method).
+
+Paired ratios (:func:`read_paired_fps`) are read from ``paired_fps=`` or, for a root, from its
+:data:`PAIRED_FPS_FILE` when there is one. Their run directories are relative to that file's folder.
 """
 from __future__ import annotations
 
@@ -45,16 +50,21 @@ from .families import family_of
 from .nni_db import find_database, read_trials
 from .tasks import DEFAULT_TASK, SCORE_COLUMNS, check_task_name, task_info
 
-__all__ = ["load_results", "save_csv", "skipped_runs", "find_runs", "read_run", "SkippedRun", "CORE_COLUMNS"]
+__all__ = ["load_results", "save_csv", "skipped_runs", "find_runs", "read_run", "read_paired_fps", "SkippedRun",
+           "CORE_COLUMNS", "PAIRED_FPS_FILE"]
 
 CORE_COLUMNS = [
     "method", "family", "group", "kind", "task", "dataset", "config", "seed", "main", *SCORE_COLUMNS,
     "params_encoder", "params_decoder", "fps", "fps_device", "flops", "ops", "bytes_written", "edges", "stages",
     "binarization_gap",
     "search_seconds", "train_seconds", "run_dir", "connectivity", "source", "trial_id",
+    "fps_ratio", "fps_ratio_min", "fps_ratio_max", "fps_reference",
 ]
+_RATIO_COLUMNS = ("fps_ratio", "fps_ratio_min", "fps_ratio_max")
 _NUMERIC = [*SCORE_COLUMNS, "params_encoder", "params_decoder", "fps", "flops", "ops",
-            "bytes_written", "edges", "stages", "binarization_gap", "search_seconds", "train_seconds"]
+            "bytes_written", "edges", "stages", "binarization_gap", "search_seconds", "train_seconds", *_RATIO_COLUMNS]
+#: the file ``sparsemask retime`` writes into a comparison's root (:func:`read_paired_fps`)
+PAIRED_FPS_FILE = "fps_paired.json"
 #: hyper-parameters that tell replicates apart, not settings (left out of ``config``, the grouping key)
 REPLICATE_KEYS = ("seed", "sample")
 _EXPERIMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -246,8 +256,44 @@ def _rows_from_trials(trials: Iterable[Any], skipped: list[SkippedRun], label: s
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ paired FPS
+def read_paired_fps(path: str | Path) -> tuple[str, dict[str, dict[str, float]]]:
+    """The reference method and ``{resolved run directory: {"fps_ratio", "fps_ratio_min", "fps_ratio_max"}}`` of a
+    :data:`PAIRED_FPS_FILE`; a missing, corrupt or malformed file is an error naming it and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: write it with `sparsemask retime ROOT`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: corrupt JSON ({err}); write it again with `sparsemask retime ROOT --overwrite`") \
+            from None
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, dict) or not isinstance(data.get("reference"), str):
+        raise ValueError(f"{path}: not a paired-FPS file (needs 'reference' and 'runs'); write it with "
+                         "`sparsemask retime ROOT`")
+    out = {}
+    for run, entry in runs.items():
+        try:
+            values = {f"fps_{k}": float(entry[k]) for k in ("ratio", "ratio_min", "ratio_max")}
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"{path}: run {run!r} lacks a numeric ratio, ratio_min or ratio_max; write the file again "
+                             "with `sparsemask retime ROOT --overwrite`") from None
+        out[str((path.parent / run).resolve())] = values
+    return data["reference"], out
+
+
+def _attach_paired_fps(rows: list[dict[str, Any]], path: Path) -> None:
+    reference, ratios = read_paired_fps(path)
+    for row in rows:
+        found = ratios.get(str(Path(row["run_dir"]).resolve())) if row.get("run_dir") else None
+        if found is not None:
+            row.update(found, fps_reference=reference)
+
+
 # ------------------------------------------------------------------------------------------------ public
-def load_results(source: Any, experiments_dir: str | Path | None = None, task: str | None = None) -> pd.DataFrame:
+def load_results(source: Any, experiments_dir: str | Path | None = None, task: str | None = None,
+                 paired_fps: str | Path | None = None) -> pd.DataFrame:
     """One row per finished run from a root of run directories, an NNI experiment id, or an object with
     ``export_data()`` (an ``nni.experiment.Experiment``). See the module docstring for the columns.
 
@@ -258,7 +304,10 @@ def load_results(source: Any, experiments_dir: str | Path | None = None, task: s
     ``experiments_dir``: where an experiment id's folder is (its ``experimentWorkingDirectory``); by default
     ``$NNI_EXPERIMENT_DIR``, the directory NNI's experiment list records for the id and ``~/nni-experiments``
     (:func:`.nni_db.find_database`). A corrupt or unreadable database is a ``ValueError``
-    (:class:`.nni_db.NNIDatabaseError`)."""
+    (:class:`.nni_db.NNIDatabaseError`).
+
+    ``paired_fps``: a :data:`PAIRED_FPS_FILE` (``sparsemask retime``) whose ratios fill the ``fps_ratio`` columns;
+    by default a root's own file, when it has one."""
     if task is not None:
         check_task_name(task)
     skipped: list[SkippedRun] = []
@@ -284,6 +333,10 @@ def load_results(source: Any, experiments_dir: str | Path | None = None, task: s
     if not rows:
         detail = (f"; skipped {len(skipped)}: " + "; ".join(f"{s.path} ({s.reason})" for s in skipped)) if skipped else ""
         raise ValueError(f"no finished runs in {label} ({what}){detail}")
+    if paired_fps is None and isinstance(source, (str, Path)) and (Path(source) / PAIRED_FPS_FILE).is_file():
+        paired_fps = Path(source) / PAIRED_FPS_FILE
+    if paired_fps is not None:
+        _attach_paired_fps(rows, Path(paired_fps))
     other_tasks: dict[str, int] = {}
     if task is not None:
         rows, other_tasks = _of_task(rows, task, source, label)

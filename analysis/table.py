@@ -25,7 +25,7 @@ from .families import family_of, format_number
 from .tasks import ADE20K_TABLE_SCORES, DEFAULT_TASK, SCORE_COLUMNS, SCORE_LABELS, TABLE_SCORES, single_task, task_info
 
 __all__ = ["summarize", "group_labels", "table1_markdown", "gap_table_markdown", "format_params", "format_mean_std",
-           "format_gap", "markdown_table", "params_unit", "task_of", "table_scores"]
+           "format_gap", "markdown_table", "params_unit", "task_of", "table_scores", "paired_reference", "format_ratio"]
 
 MISSING = "-"
 
@@ -75,7 +75,8 @@ def table_scores(df: pd.DataFrame) -> tuple[str, ...]:
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per table entry: label, group, kind, n, mean/std of the main score (``main_mean``, ``main_std``),
     of each score column present (``<score>_mean``, ``<score>_std``: ``miou_mean``, ...), FPS, params and edges,
-    gap stats."""
+    gap stats; with ``fps_ratio`` columns (:mod:`.results`), the paired FPS ratio's mean/std over the runs
+    (``ratio_mean``, ``ratio_std``) and its lowest / highest pass (``ratio_min``, ``ratio_max``)."""
     if df.empty:
         raise ValueError("no runs to summarize")
     work = df.copy()
@@ -93,6 +94,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             "label": label, "family": first["family"], "group": first["group"], "kind": first["kind"],
             "order": fam.order + (label,), "n": len(sub), **_replicates(sub), **scores,
             "fps_mean": sub["fps"].mean(), "fps_std": _std(sub["fps"]),
+            **({"ratio_mean": sub["fps_ratio"].mean(), "ratio_std": _std(sub["fps_ratio"]),
+                "ratio_min": sub["fps_ratio_min"].min(), "ratio_max": sub["fps_ratio_max"].max()}
+               if "fps_ratio" in sub else {}),
             "params_encoder": sub["params_encoder"].mean(), "params_decoder": sub["params_decoder"].mean(),
             "edges_mean": sub["edges"].mean(), "edges_std": _std(sub["edges"]),
             "gap_n": len(gaps), "gap_median": gaps.median() if len(gaps) else math.nan,
@@ -163,6 +167,7 @@ def table1_markdown(df: pd.DataFrame) -> str:
     cols = table_scores(df)
     s = summarize(df)
     unit = params_unit(list(s["params_encoder"]) + list(s["params_decoder"]))
+    reference = paired_reference(df)
     rows = []
     for _, r in s.iterrows():
         rows.append([
@@ -170,11 +175,13 @@ def table1_markdown(df: pd.DataFrame) -> str:
             *(_format_score(r, col, info.lower_is_better) for col in cols),
             format_params(r["params_encoder"], r["params_decoder"], unit),
             format_mean_std(r["fps_mean"], r["fps_std"], _fps_decimals(r["fps_mean"])),
+            *([format_ratio(r)] if reference else []),
             format_mean_std(r["edges_mean"], r["edges_std"], 0 if not r["edges_std"] > 0 else 1),
             _runs(r),
         ])
-    table = markdown_table(["Method", *(SCORE_LABELS[c] for c in cols), f"#Params ({unit})", "FPS", "Edges", "Runs"],
-                           rows, "l" + "r" * (len(cols) + 4))
+    ratio_head = [f"FPS / {reference} (paired)"] if reference else []
+    table = markdown_table(["Method", *(SCORE_LABELS[c] for c in cols), f"#Params ({unit})", "FPS", *ratio_head,
+                            "Edges", "Runs"], rows, "l" + "r" * (len(cols) + 4 + len(ratio_head)))
     devices = sorted({str(d) for d in df["fps_device"].dropna().unique()})
     lower = [SCORE_LABELS[c] for c in cols if c in info.lower_is_better]
     note = (f"\n\n{SCORE_LABELS[cols[0]] if len(cols) == 1 else 'Scores'} and FPS: mean ± sample std over the runs "
@@ -187,7 +194,27 @@ def table1_markdown(df: pd.DataFrame) -> str:
     if ((s["seeds"] == 0) & (s["n"] > 1)).any():
         note += "; 'seeds unknown': the runs do not record their seed"
     note += ". #Params: encoder+decoder." + (f" FPS measured on {', '.join(devices)}." if devices else "")
+    if reference:
+        note += (f" FPS / {reference} (paired): every network timed side by side with {reference} in the same "
+                 "process (`sparsemask retime`), the median of the per-pass ratio, mean over the row's runs, with the "
+                 "lowest and highest pass in brackets; FPS is each trial's own timing, taken minutes apart.")
     return table + note
+
+
+def paired_reference(df: pd.DataFrame, complete: bool = False) -> str | None:
+    """The reference method of ``df``'s paired FPS ratios, None without any (or, with ``complete``, unless every
+    run has one: Fig. 4 then plots each run's own FPS)."""
+    if "fps_ratio" not in df or df["fps_ratio"].isna().all() or (complete and df["fps_ratio"].isna().any()):
+        return None
+    refs = df["fps_reference"].dropna().unique()
+    return str(refs[0]) if len(refs) == 1 else None
+
+
+def format_ratio(row: pd.Series) -> str:
+    """``'1.52x (1.41-1.60)'``: the mean paired ratio of a summary row and its lowest / highest pass."""
+    if not np.isfinite(row.get("ratio_mean", math.nan)):
+        return MISSING
+    return f"{row['ratio_mean']:.2f}x ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
 
 
 def _runs(row: pd.Series) -> str:

@@ -117,7 +117,7 @@ def _demo(args) -> int:
 def _report(args) -> int:
     from nni_sparsemask.analysis import write_report
 
-    path = write_report(args.source, args.out, overwrite=args.overwrite, task=args.task)
+    path = write_report(args.source, args.out, overwrite=args.overwrite, task=args.task, paired_fps=args.paired_fps)
     print(f"report written: {path}")
     return 0
 
@@ -255,6 +255,9 @@ def _add_report_command(sub: Any) -> None:
     p.add_argument("--task", default=None,
                    help="report only the runs of this task (segmentation, saliency, edges); runs of several tasks "
                         "are refused without it")
+    p.add_argument("--paired-fps", default=None,
+                   help="FPS ratios timed side by side (`sparsemask retime ROOT` writes ROOT/fps_paired.json, read "
+                        "without this flag when SOURCE is that ROOT): Table 1's ratio column and Fig. 4's speed axis")
     p.set_defaults(func=_report)
 
 
@@ -347,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in _COMMANDS:
         add(sub)
     from nni_sparsemask.comparison.compare import register_cli
+    from nni_sparsemask.comparison.retime import register_cli as register_retime
     register_cli(sub)
+    register_retime(sub)
     return parser
 
 
