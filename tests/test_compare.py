@@ -362,6 +362,9 @@ def test_nothing_is_launched_for_a_refused_start(tmp_path):
         compare.run_compare(write_config(tmp_path), results=report, port=free_port())
     assert (report / "report.md").read_text() == "an earlier report"
     assert not (tmp_path / "nni").exists()  # no experiment was created
+    # --retime needs the run directories on this machine: refused for a cluster config before anything starts
+    with pytest.raises(ValueError, match="--retime needs the run directories on this machine.*kubeflow experiment"):
+        compare.run_compare(EXPERIMENTS / "kubeflow.yml", retime=True, port=free_port())
 
 
 def test_cli_registration():

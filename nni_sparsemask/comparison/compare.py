@@ -189,13 +189,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run_compare(config: Optional[str | Path] = None, *, resume: Optional[str] = None, port: int = 8080,
                 results: Optional[str | Path] = None, expose: bool = False, poll: float = 5.0,
-                log: Log = print) -> int:
+                retime: bool = False, log: Log = print) -> int:
     """The ``sparsemask compare`` command; returns its exit status (0 done, 1 some trial failed or the experiment
-    ended in error, 130 interrupted: the experiment is stopped and ``--resume ID`` continues it)."""
+    ended in error, 130 interrupted: the experiment is stopped and ``--resume ID`` continues it).
+
+    ``retime``: once the trials are done, time every finished network side by side against the dense FDN
+    (:mod:`.retime`, into the run directories' root) before the report, which then plots the paired ratios; only
+    for the local training service, whose run directories are on this machine."""
     if config is None and resume is None:
         raise ValueError("give the experiment CONFIG (e.g. experiments/comparison-quick.yml), or --resume ID")
     plan = _resume_plan(resume, None if config is None else str(config)) if resume else \
         plan_comparison(load_config(config), str(config))
+    if retime and plan.results_root is None:
+        raise ValueError(f"--retime needs the run directories on this machine (the local training service with the "
+                         f"trials' --results); this is a {plan.platform} experiment: run `sparsemask retime ROOT` "
+                         "where its run directories are, then `sparsemask report`")
     for note in plan.notes:
         log(f"[compare] note: {note}")
     if results is not None:
@@ -217,7 +225,8 @@ def run_compare(config: Optional[str | Path] = None, *, resume: Optional[str] = 
                 f"http://127.0.0.1:{port} ({where})")
             status = _wait(experiment, len(plan.entries) if plan.entries is not None else None, poll, log)
             report_dir = Path(results) if results is not None else Path("reports") / experiment.id
-            _write_report(experiment, report_dir, overwrite=bool(resume), log=log)
+            paired = _retime(plan.results_root, log) if retime else None
+            _write_report(experiment, report_dir, overwrite=bool(resume), log=log, paired_fps=paired)
             failed = _failed_trials(experiment)
             for line in failed:
                 log(f"[compare] failed trial {line}")
@@ -272,11 +281,25 @@ def stop_compare(experiment_id: str, experiments_dir: Optional[str | Path] = Non
     return 0
 
 
-def _write_report(experiment: Any, report_dir: Path, overwrite: bool, log: Log) -> None:
+def _retime(root: Path, log: Log) -> Optional[Path]:
+    """Paired FPS ratios of the finished runs under ``root`` (replacing an earlier file of this comparison: a
+    resumed experiment is timed again as a whole); None, with a line saying why, when they cannot be timed."""
+    from nni_sparsemask.comparison.retime import PAIRED_FPS_FILE, retime_runs
+
+    try:
+        retime_runs(root, root / PAIRED_FPS_FILE, overwrite=True, log=log)
+    except (ValueError, FileNotFoundError) as err:
+        log(f"[compare] no paired FPS: {err}")
+        return None
+    return root / PAIRED_FPS_FILE
+
+
+def _write_report(experiment: Any, report_dir: Path, overwrite: bool, log: Log,
+                  paired_fps: Optional[Path] = None) -> None:
     from nni_sparsemask.analysis import write_report
 
     try:
-        path = write_report(_ExperimentSource(experiment), report_dir, overwrite=overwrite)
+        path = write_report(_ExperimentSource(experiment), report_dir, overwrite=overwrite, paired_fps=paired_fps)
     except (ValueError, FileExistsError) as err:
         log(f"[compare] no report written: {err}")
         return
@@ -313,6 +336,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--expose", action="store_true",
                    help="let the manager listen on every interface (needed by remote/kubeflow/frameworkcontroller "
                         "workers; see experiments/README.md)")
+    p.add_argument("--retime", action="store_true",
+                   help="after the trials, time every finished network side by side against the dense FDN (sparsemask "
+                        "retime) so that Fig. 4's speed axis is paired; local training service only")
     p.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_command)
     return p
@@ -338,7 +364,7 @@ def _command(args: argparse.Namespace) -> int:
         return stop_compare(args.stop)
     try:
         return run_compare(args.config, resume=args.resume, port=args.port, results=args.results,
-                           expose=args.expose, poll=args.poll)
+                           expose=args.expose, poll=args.poll, retime=args.retime)
     except RuntimeError as err:  # NNI failed to start or stopped answering: not a usage error
         print(f"sparsemask compare: failed: {err}", file=sys.stderr)
         return 1
