@@ -40,6 +40,10 @@ ROWS: dict[str, tuple[str, dict]] = {
                          dict(RECIPE, cost="latency", budget=0.3)),
     "cost_latency_0.15": ("recipe + cost-aware: decoder latency <= 0.15 x the dense decoder's",
                           dict(RECIPE, cost="latency", budget=0.15)),
+    "cost_latency_0.3_mu0.3": ("recipe + latency <= 0.3 x dense decoder, cost weight mu 0.3 (default 1)",
+                               dict(RECIPE, cost="latency", budget=0.3, cost_weight=0.3)),
+    "cost_latency_0.3_mu3": ("recipe + latency <= 0.3 x dense decoder, cost weight mu 3 (default 1)",
+                             dict(RECIPE, cost="latency", budget=0.3, cost_weight=3.0)),
     "cost_bytes_0.3": ("recipe + cost-aware: decoder bytes written <= 0.3 x the dense decoder's",
                        dict(RECIPE, cost="bytes", budget=0.3)),
     "recipe_freeze_bn": ("recipe + frozen BN (the official code's BN)",
@@ -47,14 +51,18 @@ ROWS: dict[str, tuple[str, dict]] = {
                               freeze_bn=True)),
 }
 
+#: the rows of benchmarks/RESULTS.md's ablation table; the others (a tighter budget, the cost weight, frozen BN) on demand
+DEFAULT_ROWS = ("old", "recipe", "recipe_no_noise", "recipe_no_wd", "cost_bytes_0.3", "cost_latency_0.3")
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder of the run directories (resumed when it exists)")
-    p.add_argument("--rows", nargs="*", default=[r for r in ROWS if r != "recipe_freeze_bn"], choices=list(ROWS))
+    p.add_argument("--rows", nargs="*", default=list(DEFAULT_ROWS), choices=list(ROWS))
     p.add_argument("--search-epochs", type=int, default=DemoConfig.search_epochs)
     p.add_argument("--retrain-epochs", type=int, default=DemoConfig.retrain_epochs)
     p.add_argument("--train-scenes", type=int, default=DemoConfig.train_scenes)
+    p.add_argument("--decoder-channels", type=int, default=DemoConfig.decoder_channels)
     p.add_argument("--fps-rounds", type=int, default=5)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from nni_sparsemask.run.steps import load_run_network, run_retrain, run_search
 
     demo = DemoConfig(search_epochs=args.search_epochs, retrain_epochs=args.retrain_epochs,
-                      train_scenes=args.train_scenes)
+                      train_scenes=args.train_scenes, decoder_channels=args.decoder_channels)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = DataConfig(image_size=demo.image_size, train_scenes=demo.train_scenes, val_scenes=demo.val_scenes,
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"torch {torch.__version__}", "fps_device": side["device"], "dense_fdn_miou": dense["miou"],
               "settings": {"search_epochs": demo.search_epochs, "retrain_epochs": demo.retrain_epochs,
                            "train_scenes": demo.train_scenes, "image_size": demo.image_size,
-                           "fps_size": demo.fps_size, "seed": demo.seed},
+                           "fps_size": demo.fps_size, "seed": demo.seed, "decoder_channels": demo.decoder_channels},
               "rows": rows, "seconds": round(time.time() - t0, 1)}
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     print(f"\nmachine: {result['machine']}; dense FDN mIoU {100 * dense['miou']:.1f}; {result['settings']}")
