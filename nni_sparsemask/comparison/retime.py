@@ -38,7 +38,7 @@ def architecture_key(net: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _finished_runs(root: Path) -> list[dict[str, Any]]:
+def _finished_runs(root: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
     from nni_sparsemask.analysis.results import load_results
 
     df = load_results(root)
@@ -46,7 +46,8 @@ def _finished_runs(root: Path) -> list[dict[str, Any]]:
     for _, row in df.iterrows():
         run_dir = Path(row["run_dir"])
         if not (run_dir / "config.json").is_file() or not (run_dir / "model.pt").is_file():
-            continue  # a run that cannot be rebuilt (no config / weights): left out, reported below
+            log(f"[retime] left out {run_dir}: no config.json or model.pt to rebuild its network from")
+            continue
         config = row["config"] if isinstance(row["config"], str) and row["config"] != "{}" else ""
         runs.append({"run_dir": run_dir, "method": row["method"], "label": f"{row['family']} {config}".strip()})
     return runs
@@ -74,7 +75,7 @@ def retime_runs(root: str | Path, out: Optional[str | Path] = None, reference: s
     out = Path(out) if out is not None else root / PAIRED_FPS_FILE
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to time the runs again and replace it")
-    runs = _finished_runs(root)
+    runs = _finished_runs(root, log)
     if not runs:
         raise ValueError(f"no run under {root} has config.json and model.pt: retime needs finished retrain runs")
     methods = sorted({str(r["method"]) for r in runs})
