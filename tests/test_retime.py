@@ -36,7 +36,7 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def paired(root) -> dict:
-    return retime_runs(root, size=32, rounds=3, seconds=0.02, device="cpu", log=lambda s: None)
+    return retime_runs(root, rounds=3, seconds=0.02, device="cpu", log=lambda s: None)  # size: the runs' own 32
 
 
 def test_architecture_key_tells_decoders_apart_not_seeds(root):
@@ -57,6 +57,7 @@ def test_retime_writes_paired_ratios_relative_to_its_file(root, paired):
     assert fcn["architecture"] != fdn["architecture"]
     assert 0 < fcn["ratio_min"] <= fcn["ratio"] <= fcn["ratio_max"]
     assert written["reference"] == "fdn" and written["rounds"] == 3 and written["device"]
+    assert written["size"] == 32  # the side the runs timed themselves at
 
 
 def test_report_uses_the_paired_ratios(root, paired, tmp_path):

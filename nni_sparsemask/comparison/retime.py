@@ -53,11 +53,24 @@ def _finished_runs(root: Path, log: Callable[[str], None]) -> list[dict[str, Any
     return runs
 
 
-def retime_runs(root: str | Path, out: Optional[str | Path] = None, reference: str = "fdn", size: int = 256,
+def _runs_fps_size(runs: list[dict[str, Any]]) -> Optional[int]:
+    """The input side every run's own FPS was timed at (``fps_input`` of its metrics.json), when they agree."""
+    sides = set()
+    for r in runs:
+        try:
+            found = json.loads((r["run_dir"] / "metrics.json").read_text()).get("fps_input")
+        except (OSError, ValueError):
+            found = None
+        sides.add(int(found[0]) if isinstance(found, list) and found and found[0] == found[-1] else None)
+    return sides.pop() if len(sides) == 1 else None
+
+
+def retime_runs(root: str | Path, out: Optional[str | Path] = None, reference: str = "fdn",
+                size: Optional[int] = None,
                 rounds: int = 5, seconds: float = 1.0, device: Optional[str] = None, overwrite: bool = False,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time every finished run under ``root`` side by side and write the paired ratios (module doc); returns
-    what was written.
+    what was written. ``size``: the input side (default: the one the runs' own FPS used, when they agree, else 256).
 
     Refuses (before timing anything) an existing ``out`` unless ``overwrite``, a root without runs that can be
     rebuilt, and a ``reference`` method that no run has (the error lists the methods found).
@@ -68,7 +81,7 @@ def retime_runs(root: str | Path, out: Optional[str | Path] = None, reference: s
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory: give the folder that holds the comparison's runs")
-    if size < 32:
+    if size is not None and size < 32:
         raise ValueError(f"size must be >= 32 pixels, got {size}")
     if rounds < 1 or seconds <= 0:
         raise ValueError(f"rounds must be >= 1 and seconds > 0, got rounds={rounds}, seconds={seconds}")
@@ -78,6 +91,8 @@ def retime_runs(root: str | Path, out: Optional[str | Path] = None, reference: s
     runs = _finished_runs(root, log)
     if not runs:
         raise ValueError(f"no run under {root} has config.json and model.pt: retime needs finished retrain runs")
+    if size is None:
+        size = _runs_fps_size(runs) or 256
     methods = sorted({str(r["method"]) for r in runs})
     if reference not in methods:
         raise ValueError(f"no run of method {reference!r} under {root} to time against; methods found: "
@@ -120,7 +135,8 @@ def add_arguments(p: Any) -> Any:
     p.add_argument("--out", default=None, help=f"file to write (default: ROOT/{PAIRED_FPS_FILE}, where `sparsemask "
                                                "report ROOT` finds it)")
     p.add_argument("--reference", default="fdn", help="method every ratio is taken against (default: fdn)")
-    p.add_argument("--size", type=int, default=256, help="input side in pixels (default: 256)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input side in pixels (default: the side the runs timed themselves at when they agree, else 256)")
     p.add_argument("--rounds", type=int, default=5, help="round-robin passes (default: 5)")
     p.add_argument("--seconds", type=float, default=1.0, help="timing per network per pass (default: 1.0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available, else the CPU)")
