@@ -223,3 +223,10 @@ def test_a_network_without_a_symbolic_form_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="cannot export a Conv2d"):
         export_network(torch.nn.Conv2d(3, 3, 1), "torchscript", tmp_path / "x.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_edge_nms_on_a_segmentation_run_is_refused_before_scoring(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--edge-nms", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sparsemask evaluate: error: ") and "is a segmentation run" in err
+    assert not list(run_dir.glob("evaluate*.json"))

@@ -111,6 +111,24 @@ def test_edge_scores_match_edge_metrics_and_annotators_are_cropped():
     assert halves.add_sums(part.sums()).compute() == pytest.approx(tm.compute())
 
 
+def test_edge_nms_thins_before_matching_and_only_edge_tasks_take_it():
+    g = torch.Generator().manual_seed(3)
+    target = torch.zeros(2, 24, 24, dtype=torch.long)
+    target[:, 12] = 1
+    logits = torch.randn(2, 2, 24, 24, generator=g) * 0.1
+    logits[:, 1, 10:15] += 3  # a thick response around the one-pixel edge: NMS keeps its ridge
+    nms = TaskMetrics("edges", 2, edge_thresholds=9, edge_nms=True)
+    nms.update(logits, target)
+    ref = EdgeMetrics(num_thresholds=9, nms=True)
+    ref.update(logits.softmax(1)[:, 1], target == 1)
+    plain = TaskMetrics("edges", 2, edge_thresholds=9)
+    plain.update(logits, target)
+    assert nms.compute()["ods"] == pytest.approx(ref.compute().ods, abs=1e-6)
+    assert nms.compute()["ods"] != pytest.approx(plain.compute()["ods"], abs=1e-3)
+    with pytest.raises(ValueError, match="edge NMS applies to edge maps; this is a saliency network"):
+        TaskMetrics("saliency", 2, edge_nms=True)
+
+
 def test_segmentation_scores_add_ade20k_score():
     logits = torch.randn(2, 4, 6, 6)
     target = torch.randint(0, 4, (2, 6, 6))
@@ -212,6 +230,8 @@ def test_evaluate_network_scores_bsds_against_every_annotator(roots):
     assert m["task"] == "edges" and m["main"] == "ods"
     for key in ("ods", "ois", "ap", "miou"):
         assert 0 <= m[key] <= 1 and not math.isnan(m[key])
+    thinned = evaluate_network(net, data, fps_size=32, fps_seconds=0.05, device="cpu", progress=False, edge_nms=True)
+    assert thinned["edge_nms"] is True and "edge_nms" not in m and 0 <= thinned["ods"] <= 1
 
 
 def test_evaluation_data_refuses_another_task_and_moves_to_another_set(tmp_path):

@@ -96,7 +96,7 @@ def _evaluate(args) -> int:
 
     m = run_evaluate(args.run, fps_size=args.fps_size, fps_batch=args.fps_batch, device=args.device,
                      overwrite=args.overwrite, progress=not args.no_progress, task=args.task,
-                     dataset=args.dataset, data_root=args.data_root)
+                     dataset=args.dataset, data_root=args.data_root, edge_nms=args.edge_nms)
     _print_metrics(f"[evaluate] {args.run}", m)
     return 0
 
@@ -211,6 +211,9 @@ def _add_evaluate_command(sub: Any) -> None:
                         "evaluate-<dataset>.json")
     p.add_argument("--data-root", default=None, help="that data set's folder")
     p.add_argument("--task", default=None, help="the task to score (refused unless it is the run's own)")
+    p.add_argument("--edge-nms", action="store_true",
+                   help="edge runs: non-maximum suppression before ODS / OIS / AP, as HED's and RCF's evaluation "
+                        "(BSDS's own benchmark does not): evaluate[-<dataset>]-nms.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate)
 

@@ -335,14 +335,15 @@ def default_device() -> str:
 @torch.no_grad()
 def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = EvalConfig.fps_size,
                      fps_batch: int = EvalConfig.fps_batch, device: Optional[str] = None,
-                     fps_seconds: float = EvalConfig.fps_seconds, progress: bool = True
+                     fps_seconds: float = EvalConfig.fps_seconds, progress: bool = True, edge_nms: bool = False
                      ) -> dict[str, Any]:
     """The task's scores on the evaluation split (:class:`.tasks.TaskMetrics`: mIoU, pixel accuracy, foreground IoU
     and per-class IoU for every task; Score for segmentation; max F-beta and MAE for saliency; ODS / OIS / AP at
     BSDS's 99 thresholds for edges), with ``task`` and ``main`` (the name of its main score); params (encoder + decoder);
     FPS at ``fps_size`` x ``fps_size`` (batch ``fps_batch``) on ``device``, of the deployment form (BN folded,
     channels_last: ``deploy.inference_form``); and, for the same input and form, what no machine changes
-    (:mod:`.cost`): FLOPs, operator calls and bytes written per forward."""
+    (:mod:`.cost`): FLOPs, operator calls and bytes written per forward. ``edge_nms``: edge maps are thinned by
+    non-maximum suppression before ODS / OIS / AP (HED's and RCF's protocol; ``edge_nms`` in the result)."""
     from tqdm.auto import tqdm
 
     from nni_sparsemask.measure.cost import inference_cost
@@ -352,7 +353,7 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = EvalCo
     device = device or default_device()
     net = net.to(device).eval()
     _, val_loader = make_loaders(data, train=False)
-    metrics = TaskMetrics(data.task, data.num_classes)
+    metrics = TaskMetrics(data.task, data.num_classes, edge_nms=edge_nms)
     for batch in tqdm(val_loader, desc="evaluate", disable=not progress, leave=False):
         x, y, *rest = batch
         metrics.update(net(x.to(device)), y.to(device), boundaries=list(rest[0]) if rest else None)
@@ -366,7 +367,8 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = EvalCo
             "iou": per_class, "params_encoder": params.encoder, "params_decoder": params.decoder,
             "params_text": format_params(params), "fps": fps.fps, "fps_device": fps.device,
             "fps_input": [fps_size, fps_size], "fps_batch": fps_batch, "fps_threads": torch.get_num_threads(),
-            "fps_form": fps.form, "flops": cost.flops, "ops": cost.ops, "bytes_written": cost.bytes_written}
+            "fps_form": fps.form, "flops": cost.flops, "ops": cost.ops, "bytes_written": cost.bytes_written,
+            **({"edge_nms": True} if edge_nms else {})}
 
 
 def save_weights(net: nn.Module, path: Union[str, Path]) -> None:

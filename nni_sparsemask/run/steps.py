@@ -325,19 +325,24 @@ def evaluation_data(trained: DataConfig, run_dir: Path, task: Optional[str] = No
 
 def run_evaluate(run_dir: str | Path, *, fps_size: int = EvalConfig.fps_size, fps_batch: int = EvalConfig.fps_batch,
                  device: Optional[str] = None, overwrite: bool = False, progress: bool = True,
-                 task: Optional[str] = None, dataset: Optional[str] = None, data_root: Optional[str] = None
-                 ) -> dict[str, Any]:
+                 task: Optional[str] = None, dataset: Optional[str] = None, data_root: Optional[str] = None,
+                 edge_nms: bool = False) -> dict[str, Any]:
     """Evaluate a finished retrain run again (e.g. FPS on another device, or another data set of its task):
-    ``evaluate.json`` (``evaluate-<dataset>.json`` on another data set)."""
+    ``evaluate.json`` (``evaluate-<dataset>.json`` on another data set; ``-nms`` before ``.json`` with
+    ``edge_nms``: an edge run scored after non-maximum suppression, HED's and RCF's protocol)."""
     run_dir = Path(run_dir)
     net, trained, _ = load_run_network(run_dir)
     data = evaluation_data(trained, run_dir, task, dataset, data_root)
-    target = run_dir / ("evaluate.json" if data.dataset == trained.dataset else f"evaluate-{data.dataset}.json")
+    if edge_nms and data.task != "edges":
+        raise ValueError(f"--edge-nms scores edge maps; {run_dir} is a {data.task} run")
+    stem = "evaluate" if data.dataset == trained.dataset else f"evaluate-{data.dataset}"
+    target = run_dir / f"{stem}{'-nms' if edge_nms else ''}.json"
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     EvalConfig(fps_size=fps_size, fps_batch=fps_batch)
     check_eval_device(device)
-    scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, device=device, progress=progress)
+    scores = evaluate_network(net, data, fps_size=fps_size, fps_batch=fps_batch, device=device, progress=progress,
+                              edge_nms=edge_nms)
     from nni_sparsemask.run.rundir import write_json_atomic
     write_json_atomic(target, scores)
     return scores

@@ -120,11 +120,15 @@ class TaskMetrics:
     ``sums()`` / ``add_sums()``: the state as one float64 vector, which DDP processes add up. ``edge_thresholds``:
     how many thresholds ODS / OIS / AP sweep (BSDS: 99; validation epochs take fewer, the matching is the costly
     part). ``boundaries`` (edges only): a list of ``(A, H, W)`` annotator maps per image for ``update``, matched
-    instead of the target's edge pixels (BSDS500 scores every annotator)."""
+    instead of the target's edge pixels (BSDS500 scores every annotator). ``edge_nms`` (edges only): thin the
+    predicted edge map by non-maximum suppression first, as the evaluation scripts of HED / RCF do (BSDS's own
+    benchmark does not)."""
 
     def __init__(self, task: str, num_classes: int, ignore_index: int = 255,
-                 edge_thresholds: int = EDGE_EVAL_THRESHOLDS) -> None:
+                 edge_thresholds: int = EDGE_EVAL_THRESHOLDS, edge_nms: bool = False) -> None:
         self.task = check_task_name(task)
+        if edge_nms and task != "edges":
+            raise ValueError(f"edge NMS applies to edge maps; this is a {task} network (leave --edge-nms out)")
         if task != "segmentation" and num_classes != 2:
             raise ValueError(f"task {task} takes two-class networks (background, foreground), got {num_classes}")
         self.num_classes, self.ignore_index = num_classes, ignore_index
@@ -133,7 +137,7 @@ class TaskMetrics:
         if task == "saliency":
             self.extra = SaliencyMetrics()
         elif task == "edges":
-            self.extra = EdgeMetrics(num_thresholds=edge_thresholds)
+            self.extra = EdgeMetrics(num_thresholds=edge_thresholds, nms=edge_nms)
 
     def reset(self) -> None:
         self.confusion.reset()
