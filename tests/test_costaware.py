@@ -97,6 +97,9 @@ def test_cost_term_moves_the_search_off_an_expensive_input():
     ({"cost": "flops", "budget": 1.0}, "budget is a fraction"),
     ({"budget": 0.5}, "need a cost"),
     ({"cost_table": "t.json"}, "need a cost"),
+    ({"epochs": 4, "arc_warmup_epochs": 4}, r"arc_warmup_epochs must be an integer in \[0, epochs\) = \[0, 4\)"),
+    ({"arc_warmup_epochs": -1}, "arc_warmup_epochs must be an integer"),
+    ({"arc_warmup_epochs": 1.5}, "arc_warmup_epochs must be an integer"),
 ])
 def test_search_config_refuses_bad_cost_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):

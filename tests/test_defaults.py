@@ -46,7 +46,8 @@ def test_data_and_model_options_print_the_config_defaults(command):
 def test_schedules_print_their_own_config():
     arc = {"--arc-optimizer": "arc_optimizer", "--arc-noise": "arc_noise", "--arc-weight-decay": "arc_weight_decay",
            "--freeze-bn": "freeze_bn", "--cost": "cost", "--target-fps": "target_fps", "--budget": "budget",
-           "--cost-weight": "cost_weight", "--cost-size": "cost_size", "--cost-table": "cost_table"}
+           "--cost-weight": "cost_weight", "--cost-size": "cost_size", "--cost-table": "cost_table",
+           "--arc-warmup-epochs": "arc_warmup_epochs"}
     check_defaults(help_defaults("search"), SearchConfig(), {"--epochs": "epochs", "--lr": "learning_rate", **arc})
     check_defaults(help_defaults("retrain"), TrainConfig(), {"--epochs": "epochs", "--lr": "learning_rate", "--seed": "seed"})
     check_defaults(help_defaults("retrain"), EvalConfig(), {"--fps-size": "fps_size", "--fps-batch": "fps_batch"})

@@ -273,6 +273,30 @@ def test_shared_optimizer_puts_w_in_the_decoder_lr_group_with_its_schedule():
     assert strategy.history()[0]["c"] != strategy.history()[-1]["c"]  # w moved
 
 
+class RecordW(pl.Callback):
+    """w at the start of training and at the end of every epoch."""
+
+    def __init__(self):
+        self.start, self.epochs = None, []
+
+    @staticmethod
+    def _w(module):
+        return next(m for m in module.modules() if isinstance(m, SparseMixedInput)).arch_weights.detach().clone()
+
+    def on_train_start(self, trainer, module):
+        self.start = self._w(module)
+
+    def on_train_epoch_end(self, trainer, module):
+        self.epochs.append(self._w(module))
+
+
+def test_warmup_epochs_hold_w_in_the_shared_optimizer_then_let_it_train():
+    seen = RecordW()
+    _run(Space(), nni.trace(TwoGroups)(lr=0.01, steps=8), SparseMask(warmup_epochs=1), epochs=2, callbacks=[seen])
+    assert torch.equal(seen.epochs[0], seen.start)  # epoch 1: no step, no weight decay, no momentum on w
+    assert not torch.equal(seen.epochs[1], seen.start)
+
+
 def test_shared_optimizer_with_one_group_uses_the_multiplier_and_the_optimizers_kind():
     strategy = TOY.search(0, epochs=1, n_train=64, arc_lr_mult=5.0)  # Classification: one Adam group, lr 1e-3
     (opt,) = strategy.oneshot_module.trainer.optimizers

@@ -101,6 +101,9 @@ def add_arc(p: argparse.ArgumentParser, defaults: Any) -> None:
     p.add_argument("--arc-weight-decay", type=float, default=defaults.arc_weight_decay, help="weight decay on w")
     p.add_argument("--freeze-bn", action="store_true", default=defaults.freeze_bn,
                    help="nearly freeze BatchNorm during the search (the official code)")
+    p.add_argument("--arc-warmup-epochs", type=int, default=defaults.arc_warmup_epochs,
+                   help="first epochs train only the network's weights, w held at its start (0: none, the official "
+                        "code)")
 
 
 def add_cost(p: argparse.ArgumentParser, defaults: Any, size: bool = True) -> None:
@@ -136,7 +139,8 @@ def arc_settings(args, defaults: Any = None) -> dict[str, Any]:
         same = defaults is not None and defaults.arc_optimizer == args.arc_optimizer
         lr = defaults.arc_learning_rate if same else configs().DEFAULT_ARC_LR[args.arc_optimizer]
     return {"arc_optimizer": args.arc_optimizer, "arc_learning_rate": lr, "arc_noise": args.arc_noise,
-            "arc_weight_decay": args.arc_weight_decay, "freeze_bn": args.freeze_bn}
+            "arc_weight_decay": args.arc_weight_decay, "freeze_bn": args.freeze_bn,
+            "arc_warmup_epochs": args.arc_warmup_epochs}
 
 
 def add_dist(p: argparse.ArgumentParser, search: bool = False) -> None:

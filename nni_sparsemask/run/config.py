@@ -221,6 +221,9 @@ class SearchConfig:
         arc_noise: std of the noise on w in training forwards (0 turns it off; MaskConnect always uses 0).
         arc_weight_decay: weight decay on w.
         freeze_bn: nearly freeze BatchNorm during the search (the official code's setting).
+        arc_warmup_epochs: epochs at the start that train only the network's weights, w held at its start value
+            (the warm-up of FBNet and ProxylessNAS; the official code has none): w then meets the sparse loss and a
+            cost term only once the decoder has learnt what each input carries. Below ``epochs``.
         cost: a cost-aware search (:mod:`.costaware`): ``latency`` (timed on the FPS device), ``bytes`` or
             ``flops`` (counted), or None (the paper's loss only).
         target_fps: with ``cost='latency'``: the whole network's target FPS at ``cost_size``.
@@ -238,6 +241,7 @@ class SearchConfig:
     arc_noise: float = 0.05
     arc_weight_decay: float = 4e-5
     freeze_bn: bool = False
+    arc_warmup_epochs: int = 0
     cost: Optional[str] = None
     target_fps: Optional[float] = None
     budget: Optional[float] = None
@@ -265,6 +269,10 @@ class SearchConfig:
         _non_negative_number("search", "arc_weight_decay", self.arc_weight_decay)
         if not isinstance(self.freeze_bn, bool):
             raise ValueError(f"search freeze_bn must be true or false, got {self.freeze_bn!r}")
+        w = self.arc_warmup_epochs
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < self.epochs:
+            raise ValueError(f"search arc_warmup_epochs must be an integer in [0, epochs) = [0, {self.epochs}), got "
+                             f"{w!r}: w needs at least one epoch to train")
 
     def _check_cost(self) -> None:
         if self.cost is None:
@@ -294,7 +302,8 @@ class SearchConfig:
         """The keyword arguments of the one-shot strategy that say how w is trained (``noise=False``: a strategy
         that takes no noise on w, MaskConnect)."""
         out = {"arc_optimizer": self.arc_optimizer, "arc_learning_rate": self.arc_learning_rate,
-               "arc_weight_decay": self.arc_weight_decay, "freeze_bn": self.freeze_bn}
+               "arc_weight_decay": self.arc_weight_decay, "freeze_bn": self.freeze_bn,
+               "warmup_epochs": self.arc_warmup_epochs}
         if noise:
             out["arc_noise"] = self.arc_noise
         return out
@@ -304,7 +313,7 @@ class SearchConfig:
 #: no noise, no weight decay, BN trained, no cost term): a resumed old run directory compares with these
 SEARCH_LEGACY: dict[str, Any] = {"arc_optimizer": "adam", "arc_noise": 0.0, "arc_weight_decay": 0.0,
                                  "freeze_bn": False, "cost": None, "target_fps": None, "budget": None,
-                                 "cost_weight": 1.0, "cost_size": 512, "cost_table": None}
+                                 "cost_weight": 1.0, "cost_size": 512, "cost_table": None, "arc_warmup_epochs": 0}
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class DemoConfig:
     arc_noise: float = SearchConfig.arc_noise
     arc_weight_decay: float = SearchConfig.arc_weight_decay
     freeze_bn: bool = SearchConfig.freeze_bn
+    arc_warmup_epochs: int = SearchConfig.arc_warmup_epochs
     cost: Optional[str] = SearchConfig.cost            # a cost-aware search (costs taken at fps_size)
     target_fps: Optional[float] = SearchConfig.target_fps
     budget: Optional[float] = SearchConfig.budget
@@ -77,6 +78,7 @@ class DemoConfig:
         return SearchConfig(epochs=self.search_epochs, learning_rate=self.learning_rate,
                             arc_optimizer=self.arc_optimizer, arc_learning_rate=self.arc_learning_rate,
                             arc_noise=self.arc_noise, arc_weight_decay=self.arc_weight_decay, freeze_bn=self.freeze_bn,
+                            arc_warmup_epochs=self.arc_warmup_epochs,
                             cost=self.cost, target_fps=self.target_fps, budget=self.budget,
                             cost_weight=self.cost_weight, cost_size=self.fps_size)
 

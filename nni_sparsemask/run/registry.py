@@ -284,11 +284,13 @@ def _l1(**kw):
 
 
 _SEED = Param(int, 0, "random seed", low=0)
-#: the cost-aware search as strategy arguments (a comparison grid's points); None: not given (the paper's loss)
-_COST = {"cost": Param(str, None, "cost-aware search: latency, bytes or flops", choices=("latency", "bytes", "flops")),
-         "target_fps": Param(float, None, "with cost latency: the network's target FPS", low=0.0, low_open=True),
-         "budget": Param(float, None, "the decoder's cost budget, a fraction of the dense decoder's", low=0.0,
-                         high=1.0, low_open=True, high_open=True)}
+#: SearchConfig fields a grid point may set as strategy arguments (a cost-aware point, a warm-up); None: not given
+_SEARCH = {"cost": Param(str, None, "cost-aware search: latency, bytes or flops", choices=("latency", "bytes", "flops")),
+           "target_fps": Param(float, None, "with cost latency: the network's target FPS", low=0.0, low_open=True),
+           "budget": Param(float, None, "the decoder's cost budget, a fraction of the dense decoder's", low=0.0,
+                           high=1.0, low_open=True, high_open=True),
+           "cost_weight": Param(float, None, "mu of the cost term (default 1)", low=0.0, low_open=True),
+           "arc_warmup_epochs": Param(int, None, "first search epochs with w held (default 0)", low=0)}
 _THRESHOLD = Param(float, SparseMaskConfig.threshold, "sigma: keep edges with w >= threshold", low=0.0, high=1.0, low_open=True,
                    high_open=True)
 _SAMPLES = Param(int, 8, "number of distinct decoders sampled", low=1)
@@ -300,7 +302,7 @@ def _strategies() -> Registry[StrategyEntry]:
     reg.register("sparsemask", StrategyEntry(
         "sparsemask", "oneshot", "SparseMask: sparse loss of Eq. 2, prune at sigma", _sparsemask,
         {"lambda_sparse": Param(float, SparseMaskConfig.lambda_sparse, "lambda of Eq. 3", low=0.0), "threshold": _THRESHOLD,
-         "seed": _SEED, **_COST}, search_params=tuple(_COST)))
+         "seed": _SEED, **_SEARCH}, search_params=tuple(_SEARCH)))
     reg.register("l1", StrategyEntry(
         "l1", "oneshot", "SparseMask with the L1 loss (Fig. 4; lambda 1e-3, 5e-3, 1e-2)", _l1,
         {"lambda_sparse": Param(float, 1e-3, "strength of the L1 loss", low=0.0), "threshold": _THRESHOLD,
@@ -387,7 +389,7 @@ def build_strategy(name: str, args: dict[str, Any] | None = None, **options: Any
     if options and entry.kind == "sampler":
         raise ValueError(f"strategy {name!r} is a sampler and takes only {', '.join(sorted(entry.params))}; "
                          f"got extra options {', '.join(sorted(options))}")
-    clash = sorted(set(options) & set(entry.params))
+    clash = sorted(set(options) & (set(entry.params) - set(entry.search_params)))  # search params: SearchConfig's
     if clash:
         raise ValueError(f"give {', '.join(clash)} in args (validated), not as extra options")
     return entry.factory(**kwargs, **options)
