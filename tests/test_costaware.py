@@ -1,5 +1,6 @@
 """The cost-aware search: the budget penalty (by hand), the strategy's cost term on a toy space, and the run layer's
 --cost / --target-fps / --budget (targets, tables, bad input before anything is written)."""
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -191,3 +192,18 @@ def test_an_interrupted_search_written_before_the_new_settings_resumes(tmp_path)
     assert RunDir(run, {"command": "search", "search": same}, resume=True, legacy=legacy).resumed
     with pytest.raises(ValueError, match="another configuration"):
         RunDir(run, {"command": "search", "search": dict(same, arc_optimizer="shared")}, resume=True, legacy=legacy)
+
+
+def test_a_grid_point_sets_the_cost_weight_and_a_warmup_of_its_search():
+    from nni_sparsemask.comparison.grid import parse_entry
+    from nni_sparsemask.run.registry import split_search_params
+
+    entry = parse_entry({"params": {"_name": "sparsemask", "cost": "latency", "budget": 0.4, "cost_weight": 0.3,
+                                    "arc_warmup_epochs": 1}, "seed": 2})
+    strategy_args, search = split_search_params("sparsemask", entry.params)
+    assert search == {"cost": "latency", "budget": 0.4, "cost_weight": 0.3, "arc_warmup_epochs": 1}
+    assert "cost_weight" not in strategy_args and "arc_warmup_epochs" not in strategy_args
+    schedule = dataclasses.replace(SearchConfig(epochs=4), **search)
+    assert schedule.strategy_options()["warmup_epochs"] == 1 and schedule.cost_weight == 0.3
+    with pytest.raises(ValueError, match="arc_warmup_epochs"):
+        parse_entry({"params": {"_name": "sparsemask", "arc_warmup_epochs": -1}, "seed": 0})
