@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from matplotlib.transforms import Bbox
 
 from .table import format_gap, group_labels, paired_reference, params_unit, summarize, task_of
@@ -93,7 +94,10 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 130) -> Path:
 def family_style(summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """``{label: {'color', 'marker', 's'}}`` for the rows of :func:`.table.summarize`."""
     styles: dict[str, dict[str, Any]] = {}
-    for kind, ramp in _RAMPS.items():
+    ramps = dict(_RAMPS)
+    if (summary["kind"] == "sparsemask").sum() > 1:  # several SparseMask settings (cost budgets): shades of red
+        ramps["sparsemask"] = "Reds"
+    for kind, ramp in ramps.items():
         labels = list(summary.loc[summary["kind"] == kind, "label"])
         cmap = colormaps[ramp]
         for i, label in enumerate(labels):
@@ -204,6 +208,8 @@ def plot_tradeoff(df: pd.DataFrame, title: str = "Accuracy vs speed and decoder 
     log_params = len(dec_pos) > 1 and dec_pos.max() / dec_pos.min() > 30
     if log_params:
         axes[1].set_xscale("log")
+        axes[1].xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axes[1].xaxis.set_minor_formatter(NullFormatter())
     order = list(dict.fromkeys(work.set_index("label").loc[summary["label"], "series"]))
     for ax, (xcol, higher) in zip(axes, panels):
         for series in order:

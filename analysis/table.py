@@ -52,9 +52,9 @@ def group_labels(df: pd.DataFrame) -> pd.Series:
         parsed = {c: json.loads(c) for c in configs}
         keys = sorted({k for p in parsed.values() for k in p})
         differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed.values()}) > 1]
-        for c, p in parsed.items():
-            detail = ", ".join(f"{k}={format_number(p.get(k))}" for k in differing)
-            labels[sub.index[sub["config"] == c]] = f"{family} ({detail})"
+        for c, p in parsed.items():  # a setting left unset (None: e.g. no cost term) is not named
+            detail = ", ".join(f"{k}={format_number(p.get(k))}" for k in differing if p.get(k) is not None)
+            labels[sub.index[sub["config"] == c]] = f"{family} ({detail or 'default'})"
     return labels
 
 

@@ -163,3 +163,14 @@ def test_front_and_sparsemask_rows_are_named_with_their_spread():
     # SparseMask's mean (39.0 at 0.99x) is below both; L1's lead in mIoU (0.5) is within SparseMask's spread (2.8)
     assert "- SparseMask (mIoU 39.0 ± 2.8" in md and ": dominated by FDN (dense) (mIoU 40.0" in md
     assert "(by less than the seed spread in mIoU and speed); L1 (mIoU 39.5 ± 0.0, FPS / fdn (paired) 1.20x ± 0.00) (by less than the seed spread in mIoU)" in md
+
+
+def test_sparsemask_settings_are_named_and_shaded_apart():
+    rows = [results._row("sparsemask", params, seed, {"miou": 0.3, "fps": 50.0, "params_encoder": 1e5,
+                                                      "params_decoder": 1e4, "edges": 3}, "x")
+            for params in ({}, {"cost": "latency", "budget": 0.4}) for seed in (0, 1)]
+    df = results._frame(rows)
+    assert set(table.group_labels(df)) == {"SparseMask (default)", "SparseMask (budget=0.4, cost=latency)"}
+    styles = figures.family_style(table.summarize(df))
+    assert styles["SparseMask (default)"]["color"] != styles["SparseMask (budget=0.4, cost=latency)"]["color"]
+    assert {s["marker"] for s in styles.values()} == {"*"}
