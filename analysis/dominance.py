@@ -24,20 +24,24 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] >= b[0] and a[1] >= b[1] and (a[0] > b[0] or a[1] > b[1])
 
 
-def _points(df: pd.DataFrame) -> tuple[pd.DataFrame, str, str, str]:
-    """Summary rows with finite ``score`` / ``speed`` columns (and their stds), the speed's name and column."""
+def _points(df: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
+    """Summary rows with finite ``score`` / ``speed`` columns (and their stds), the speed's name, and whether the
+    speed is the paired ratio (else FPS)."""
     s = summarize(df)
     reference = paired_reference(df, complete=True)
     speed, spread = ("ratio_mean", "ratio_std") if reference else ("fps_mean", "fps_std")
     s = s.assign(score=s["main_mean"] * 100, score_std=s["main_std"] * 100, speed=s[speed], speed_std=s[spread])
     s = s[np.isfinite(s["score"]) & np.isfinite(s["speed"])].reset_index(drop=True)
     name = f"FPS / {reference} (paired)" if reference else "FPS"
-    return s, name, ("x" if reference else " FPS"), reference or ""
+    return s, name, reference is not None
 
 
 def front_labels(df: pd.DataFrame) -> list[str]:
     """The labels of the Table 1 rows on the score-speed front, fastest first."""
-    s, *_ = _points(df)
+    return _front(_points(df)[0])
+
+
+def _front(s: pd.DataFrame) -> list[str]:
     pts = list(zip(s["score"], s["speed"]))
     on = [i for i, p in enumerate(pts) if not any(dominates(q, p) for j, q in enumerate(pts) if j != i)]
     return [s.loc[i, "label"] for i in sorted(on, key=lambda i: -s.loc[i, "speed"])]
@@ -52,18 +56,17 @@ def dominance_markdown(df: pd.DataFrame, kind: str = "sparsemask") -> str:
     """Markdown: the front (score and speed of each of its rows), then, for each row of ``kind`` (SparseMask's),
     whether it is on the front and which rows dominate it, with both rows' means ± seed spread, and a warning
     where a difference is smaller than the larger of the two spreads."""
-    s, speed_name, unit, _ = _points(df)
+    s, speed_name, paired = _points(df)
     if s.empty:
         return "No row has both a score and a speed."
     score = task_info(task_of(df)).label
-    dec = 2 if unit == "x" else 0
     pts = {r["label"]: r for _, r in s.iterrows()}
 
     def describe(r) -> str:
         return (f"{score} {_fmt(r['score'], r['score_std'], 1)}, {speed_name} "
-                f"{_fmt(r['speed'], r['speed_std'], dec, unit.strip() if unit == 'x' else '')}")
+                f"{_fmt(r['speed'], r['speed_std'], 2 if paired else 0, 'x' if paired else '')}")
 
-    front = front_labels(df)
+    front = _front(s)
     lines = [f"Points are Table 1's rows: the mean {score} and the mean {speed_name} over each row's runs (± the "
              "sample std over them). A row dominates another when it is at least as good in both and better in one.",
              "", f"**Front** ({len(front)} of {len(s)} rows, fastest first):", ""]
