@@ -104,6 +104,14 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     # --resume of a finished demo reuses every step
     assert main(argv + ["--resume"]) == 0
     assert json.loads((out / "demo.json").read_text())["rows"][0]["miou"] == summary["rows"][0]["miou"]
+    # the baselines alone may change on resume: the missing network is trained, the finished ones are kept
+    assert main(argv + ["--resume", "--baselines", "fcn", "unet"]) == 0
+    rows = json.loads((out / "demo.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["SparseMask (searched)", "FDN (dense)", "FCN", "unet"]
+    assert [r["miou"] for r in rows[:3]] == [r["miou"] for r in summary["rows"]]
+    assert json.loads((out / "config.json").read_text())["baselines"] == ["fcn", "unet"]
+    assert main(argv + ["--resume", "--seed", "1"]) == 2  # anything else that differs is still refused
+    assert "differs in seed" in capsys.readouterr().err
 
 
 def test_convert_imports_the_official_mask(tmp_path, capsys):

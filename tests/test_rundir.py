@@ -31,6 +31,22 @@ def test_resume_needs_the_same_config(tmp_path):
     assert rd.resumed
 
 
+def test_resume_may_change_only_the_changeable_keys(tmp_path):
+    run = tmp_path / "run"
+    RunDir(run, {"a": 1, "baselines": ["fcn"]}).close()
+    with pytest.raises(ValueError, match="differs in a\\)"):  # the changeable key is not named as the obstacle
+        RunDir(run, {"a": 2, "baselines": ["fcn", "unet"]}, resume=True, changeable=("baselines",))
+    assert read_json(run / "config.json") == {"a": 1, "baselines": ["fcn"]}  # a refused resume writes nothing
+    with pytest.raises(ValueError, match="differs in baselines"):  # not changeable unless the command says so
+        RunDir(run, {"a": 1, "baselines": ["fcn", "unet"]}, resume=True)
+    rd = RunDir(run, {"a": 1, "baselines": ("fcn", "unet")}, resume=True, changeable=("baselines",))
+    assert rd.resumed and rd.changed == ["baselines"]
+    assert read_json(run / "config.json") == {"a": 1, "baselines": ["fcn", "unet"]}  # the new value is recorded
+    rd.close()
+    rd = RunDir(run, {"a": 1, "baselines": ["fcn", "unet"]}, resume=True, changeable=("baselines",))
+    assert rd.resumed and rd.changed == []
+
+
 def test_overwrite_replaces_and_flags_conflict(tmp_path):
     RunDir(tmp_path / "run", {"a": 1}).write_json("metrics.json", {})
     rd = RunDir(tmp_path / "run", {"a": 2}, overwrite=True)

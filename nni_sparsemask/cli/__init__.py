@@ -245,7 +245,8 @@ def _add_demo_command(sub: Any) -> None:
                    help="backbone pre-training epochs (cached)")
     p.add_argument("--fps-size", type=int, default=d.fps_size, help="FPS input side")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out (the baselines may "
+                   "change: the networks it lacks are trained, the finished ones kept)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 

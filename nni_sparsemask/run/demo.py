@@ -9,7 +9,8 @@ per-class IoU of every network (so a background-only result is visible) and writ
     OUT/w_heatmap.png (final w of the search), OUT/demo.json (the table, the seconds of every step) + OUT/table.md
 
 ``--resume`` continues an interrupted demo: finished steps are kept, an interrupted step resumes from its
-last checkpoint.
+last checkpoint. The baselines alone may change on resume: ``demo --resume --baselines fcn smp-unet`` trains the
+networks the finished demo lacks and times them all side by side again.
 """
 from __future__ import annotations
 
@@ -230,7 +231,10 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     train = TrainConfig(epochs=cfg.retrain_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed)
     legacy = {k: SEARCH_LEGACY[k] for k in SEARCH_LEGACY if k in {f.name for f in dataclasses.fields(DemoConfig)}}
     run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume,
-                 legacy={"": legacy})
+                 legacy={"": legacy}, changeable=("baselines",))
+    if run.changed:  # only the baselines may change: the new ones are trained, the finished steps are kept
+        log(f"resuming {run.path} with the baselines {', '.join(cfg.baselines)}: finished networks are kept, "
+            f"missing ones are trained")
     step = _Steps(log)
     common = dict(resume=resume, progress=progress, log=log, accelerator=accelerator)
     weights = step("pretrain", lambda: resolve_backbone_weights(

@@ -181,12 +181,17 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, config: dict[str, Any], overwrite: bool = False, resume: bool = False,
-                 resumable: bool = True, legacy: dict[str, dict[str, Any]] | None = None):
+                 resumable: bool = True, legacy: dict[str, dict[str, Any]] | None = None,
+                 changeable: tuple[str, ...] = ()):
         """``resumable``: the command has ``--resume`` (the refusal of an existing directory suggests it).
         ``legacy``: ``{section: {key: value}}`` (section ``""``: the top level) of settings added after a run
         directory may have been written, each with the value that reproduces what such a run did; a recorded
-        config without the key is compared as if it held that value."""
+        config without the key is compared as if it held that value.
+        ``changeable``: top-level keys whose value may change on resume, because they only add or leave out work
+        (the demo's baselines); ``self.changed`` names those that did, and ``config.json`` records the new values."""
         self._legacy = legacy or {}
+        self._changeable = frozenset(changeable)
+        self.changed: list[str] = []
         if overwrite and resume:
             raise ValueError("--overwrite and --resume exclude each other: pick one")
         self.path = Path(path)
@@ -230,13 +235,18 @@ class RunDir:
         non_empty = self._non_empty()  # again, now that this process holds the lock
         if non_empty and resume:
             old = _with_legacy(read_json(self.path / "config.json", "config.json of the run to resume"), self._legacy)
-            if _comparable(old) != _comparable(config):
-                diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            old_c, new_c = _comparable(old), _comparable(config)
+            diff = sorted(k for k in set(old_c) | set(new_c) if old_c.get(k) != new_c.get(k))
+            fixed = [k for k in diff if k not in self._changeable]
+            if fixed:
                 raise ValueError(
                     f"cannot resume {self.path}: it was written with another configuration (differs in "
-                    f"{', '.join(diff)}); use a new --out, or --overwrite to discard it"
+                    f"{', '.join(fixed)}); use a new --out, or --overwrite to discard it"
                 )
             self.resumed = True
+            self.changed = diff
+            if diff:
+                write_json_atomic(self.path / "config.json", config)
         elif non_empty and overwrite:
             nested = _lock_nested(self.path)
             try:
