@@ -47,6 +47,21 @@ def test_resume_may_change_only_the_changeable_keys(tmp_path):
     assert rd.resumed and rd.changed == []
 
 
+def test_a_moved_input_resumes_by_its_content_not_its_path(tmp_path):
+    run, where = tmp_path / "run", {"located": {"conn": "edges"}}
+    RunDir(run, {"conn": "/old/c.json", "edges": [["D1", "E1"]]}, **where).close()
+    rd = RunDir(run, {"conn": "/new/c.json", "edges": [["D1", "E1"]]}, resume=True, **where)
+    assert rd.resumed  # the run (or its input) was moved: same content, so it resumes
+    rd.close()
+    with pytest.raises(ValueError, match="differs in edges\\)"):  # other content is refused, and only it is named
+        RunDir(run, {"conn": "/new/c.json", "edges": [["D1", "E2"]]}, resume=True, **where)
+    legacy = tmp_path / "legacy"  # written before the content was recorded: the path decides, as it did then
+    RunDir(legacy, {"conn": "/old/c.json"}).close()
+    RunDir(legacy, {"conn": "/old/c.json", "edges": [["D1", "E2"]]}, resume=True, **where).close()
+    with pytest.raises(ValueError, match="differs in conn\\)"):
+        RunDir(legacy, {"conn": "/new/c.json", "edges": [["D1", "E2"]]}, resume=True, **where)
+
+
 def test_overwrite_replaces_and_flags_conflict(tmp_path):
     RunDir(tmp_path / "run", {"a": 1}).write_json("metrics.json", {})
     rd = RunDir(tmp_path / "run", {"a": 2}, overwrite=True)

@@ -1,6 +1,7 @@
 """search -> prune -> retrain -> evaluate on tiny DigitScenes (32x32, a 5-stage convnet 4-8 channels wide)."""
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -186,6 +187,17 @@ def test_retrain_searched_then_evaluate_again(search_dir, tmp_path):
     again = run_retrain(out, DATA, MODEL, TRAIN, connectivity=search_dir / "connectivity.json", fps_size=32,
                         resume=True, **QUIET)
     assert again["miou"] == m["miou"] and (out / "model.pt").stat().st_mtime_ns == before
+    # moved, with its connectivity copied elsewhere: the same decoder, so still reused (the path is not compared)
+    moved, copy = tmp_path / "moved", tmp_path / "copy.json"
+    shutil.copytree(out, moved)
+    shutil.copy(search_dir / "connectivity.json", copy)
+    assert run_retrain(moved, DATA, MODEL, TRAIN, connectivity=copy, fps_size=32, resume=True, **QUIET)["miou"] == \
+        m["miou"]
+    other = Connectivity.from_json(copy)
+    other.edges = other.edges[:-1] if len(other.edges) > 1 else [type(other.edges[0])("D1", "E1")]
+    other.to_json(copy, overwrite=True)
+    with pytest.raises(ValueError, match="differs in connectivity_edges\\)"):  # another decoder is refused
+        run_retrain(moved, DATA, MODEL, TRAIN, connectivity=copy, fps_size=32, resume=True, **QUIET)
 
 
 def test_retrain_hand_designed_decoder_and_bad_inputs(search_dir, tmp_path):

@@ -182,14 +182,18 @@ class RunDir:
 
     def __init__(self, path: str | Path, config: dict[str, Any], overwrite: bool = False, resume: bool = False,
                  resumable: bool = True, legacy: dict[str, dict[str, Any]] | None = None,
-                 changeable: tuple[str, ...] = ()):
+                 changeable: tuple[str, ...] = (), located: dict[str, str] | None = None):
         """``resumable``: the command has ``--resume`` (the refusal of an existing directory suggests it).
         ``legacy``: ``{section: {key: value}}`` (section ``""``: the top level) of settings added after a run
         directory may have been written, each with the value that reproduces what such a run did; a recorded
         config without the key is compared as if it held that value.
         ``changeable``: top-level keys whose value may change on resume, because they only add or leave out work
-        (the demo's baselines); ``self.changed`` names those that did, and ``config.json`` records the new values."""
+        (the demo's baselines); ``self.changed`` names those that did, and ``config.json`` records the new values.
+        ``located``: ``{where_key: content_key}``, top-level keys that say where an input was read from (a file
+        path) and the key that records what was read; a run may be moved or its input copied, so ``where_key``
+        is compared only against a recorded config written before ``content_key`` existed."""
         self._legacy = legacy or {}
+        self._located = dict(located or {})
         self._changeable = frozenset(changeable)
         self.changed: list[str] = []
         if overwrite and resume:
@@ -236,6 +240,12 @@ class RunDir:
         if non_empty and resume:
             old = _with_legacy(read_json(self.path / "config.json", "config.json of the run to resume"), self._legacy)
             old_c, new_c = _comparable(old), _comparable(config)
+            for where, content in self._located.items():
+                if content in old_c:  # what was read is compared, not where it was read from
+                    old_c.pop(where, None)
+                    new_c.pop(where, None)
+                else:  # written before the content was recorded: compared as before, by where
+                    new_c.pop(content, None)
             diff = sorted(k for k in set(old_c) | set(new_c) if old_c.get(k) != new_c.get(k))
             fixed = [k for k in diff if k not in self._changeable]
             if fixed:

@@ -239,8 +239,9 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
     config = _base_config("retrain", method, params, train.seed, data, model)
     config.update(train=dataclasses.asdict(train), decoder=decoder,
                   connectivity=str(connectivity) if connectivity is not None else None,
+                  connectivity_edges=_edge_record(conn),
                   fps={"size": fps_size, "batch": fps_batch, "seconds": fps_seconds})
-    run = RunDir(out, config, overwrite=overwrite, resume=resume)
+    run = RunDir(out, config, overwrite=overwrite, resume=resume, located={"connectivity": "connectivity_edges"})
     if run.finished:
         log(f"[retrain] {run.path} is already finished; its results are kept as they are")
         return read_json(run.file("metrics.json"))
@@ -266,6 +267,14 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                "epochs": train.epochs, **extra}
     run.write_json("metrics.json", metrics)
     return metrics
+
+
+def _edge_record(conn: Optional[Connectivity]) -> Optional[list[list[Any]]]:
+    """The decoder a connectivity builds, as config.json records it: ``[[target, source, weight], ...]`` in file
+    order, then ``["output", name]`` (None for a hand-designed decoder)."""
+    if conn is None:
+        return None
+    return [[e.target, e.source, e.weight] for e in conn.edges] + [["output", conn.output]]
 
 
 def _searched_decoder(connectivity: Path, model: ModelConfig, data: DataConfig, method: Optional[str],
