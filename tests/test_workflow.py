@@ -193,6 +193,11 @@ def test_retrain_searched_then_evaluate_again(search_dir, tmp_path):
     shutil.copy(search_dir / "connectivity.json", copy)
     assert run_retrain(moved, DATA, MODEL, TRAIN, connectivity=copy, fps_size=32, resume=True, **QUIET)["miou"] == \
         m["miou"]
+    config = json.loads((moved / "config.json").read_text())  # as an earlier version wrote it: the path only
+    del config["connectivity_edges"]
+    (moved / "config.json").write_text(json.dumps(config))
+    assert run_retrain(moved, DATA, MODEL, TRAIN, connectivity=copy, fps_size=32, resume=True, **QUIET)["miou"] == \
+        m["miou"]  # the edges it built are read from its own connectivity.json
     other = Connectivity.from_json(copy)
     other.edges = other.edges[:-1] if len(other.edges) > 1 else [type(other.edges[0])("D1", "E1")]
     other.to_json(copy, overwrite=True)

@@ -191,7 +191,8 @@ class RunDir:
         (the demo's baselines); ``self.changed`` names those that did, and ``config.json`` records the new values.
         ``located``: ``{where_key: content_key}``, top-level keys that say where an input was read from (a file
         path) and the key that records what was read; a run may be moved or its input copied, so ``where_key``
-        is compared only against a recorded config written before ``content_key`` existed."""
+        is compared only against a recorded config written before ``content_key`` existed (and with no ``legacy``
+        value for it: a command may derive one from the files the run wrote)."""
         self._legacy = legacy or {}
         self._located = dict(located or {})
         self._changeable = frozenset(changeable)
@@ -241,11 +242,11 @@ class RunDir:
             old = _with_legacy(read_json(self.path / "config.json", "config.json of the run to resume"), self._legacy)
             old_c, new_c = _comparable(old), _comparable(config)
             for where, content in self._located.items():
-                if content in old_c:  # what was read is compared, not where it was read from
-                    old_c.pop(where, None)
-                    new_c.pop(where, None)
-                else:  # written before the content was recorded: compared as before, by where
-                    new_c.pop(content, None)
+                # what was read is compared, not where it was read from; a run written before the content was
+                # recorded (and with no legacy value for it) is compared as it was then, by where
+                dropped = where if old_c.get(content) is not None or new_c.get(content) is None else content
+                old_c.pop(dropped, None)
+                new_c.pop(dropped, None)
             diff = sorted(k for k in set(old_c) | set(new_c) if old_c.get(k) != new_c.get(k))
             fixed = [k for k in diff if k not in self._changeable]
             if fixed:

@@ -241,7 +241,8 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                   connectivity=str(connectivity) if connectivity is not None else None,
                   connectivity_edges=_edge_record(conn),
                   fps={"size": fps_size, "batch": fps_batch, "seconds": fps_seconds})
-    run = RunDir(out, config, overwrite=overwrite, resume=resume, located={"connectivity": "connectivity_edges"})
+    run = RunDir(out, config, overwrite=overwrite, resume=resume, located={"connectivity": "connectivity_edges"},
+                 legacy={"": {"connectivity_edges": _built_edges(Path(out))}} if resume and conn is not None else None)
     if run.finished:
         log(f"[retrain] {run.path} is already finished; its results are kept as they are")
         return read_json(run.file("metrics.json"))
@@ -275,6 +276,15 @@ def _edge_record(conn: Optional[Connectivity]) -> Optional[list[list[Any]]]:
     if conn is None:
         return None
     return [[e.target, e.source, e.weight] for e in conn.edges] + [["output", conn.output]]
+
+
+def _built_edges(out: Path) -> Optional[list[list[Any]]]:
+    """For a run written before config.json recorded its edges: the decoder it built, from its own
+    ``connectivity.json`` (None, so that the connectivity's path is compared, where there is none to read)."""
+    try:
+        return _edge_record(Connectivity.from_json(out / "connectivity.json"))
+    except (OSError, ValueError):
+        return None
 
 
 def _searched_decoder(connectivity: Path, model: ModelConfig, data: DataConfig, method: Optional[str],
