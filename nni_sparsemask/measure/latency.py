@@ -215,20 +215,19 @@ def _timer(device: torch.device, threads: int, min_run_time: float) -> Callable[
 def _warn_if_busy(threads: int) -> None:
     """Warn when other processes keep the CPU busy: their threads and ours oversubscribe the cores, and every
     timed operation comes out many times slower (measured here: a 5 ms encoder timed at 500 ms at load 4 on 2
-    cores), which a cached table would then keep."""
+    cores), which a cached table would then keep. Measured over half a second, not by the lagging load average
+    (:mod:`nni_sparsemask.measure.cpuload`)."""
     import os
     import warnings
 
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return
+    from nni_sparsemask.measure.cpuload import other_busy_cores
+
+    busy, how = other_busy_cores()
     cores = os.cpu_count() or 1
-    if load > max(1.0, cores - threads + 0.5):
-        warnings.warn(f"profiling latency while the machine is busy (load average {load:.1f} on {cores} cores, "
-                      f"timing with {threads} threads): the table will be inflated by contention; profile on an "
-                      "idle machine (sparsemask profile --refresh) before a cost-aware search", RuntimeWarning,
-                      stacklevel=3)
+    if busy > max(1.0, cores - threads + 0.5):
+        warnings.warn(f"profiling latency while the machine is busy ({busy:.1f} {how}, {cores} cores, timing with "
+                      f"{threads} threads): the table will be inflated by contention; profile on an idle machine "
+                      "(sparsemask profile --refresh) before a cost-aware search", RuntimeWarning, stacklevel=3)
 
 
 def _counter(kind: str) -> Callable[[nn.Module, tuple], float]:
