@@ -107,14 +107,54 @@ def test_retrain_smp_fpn_end_to_end_and_evaluate_again(tmp_path, capsys, isolate
 
     run = tmp_path / "fpn"
     assert main(["retrain", "--decoder", "smp-fpn", "--out", str(run), "--epochs", "1", "--fps-size", "32",
-                 "--no-progress"] + TINY_MODEL + TINY_DATA) == 0
+                 "--no-progress", "--head-channels", "8"] + TINY_MODEL + TINY_DATA) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == "smp-fpn" and metrics["edges"] is None and 0.0 <= metrics["miou"] <= 1.0
     assert not (run / "connectivity.json").exists()  # a head of its own: no FDN edges
     net, data, _ = load_run_network(run)  # rebuilt from config.json alone
     assert type(net).__name__ == "SMPNetwork" and net.peer == "fpn" and net.decoder_channels == 8
+    assert json.loads((run / "config.json").read_text())["head_channels"] == 8
     assert main(["evaluate", str(run), "--fps-size", "32", "--device", "cpu", "--no-progress"]) == 0
     assert (run / "evaluate.json").is_file()
+
+
+def test_a_head_of_its_own_keeps_its_width_whatever_c_dec_is(tmp_path, capsys):
+    from nni_sparsemask.cli import main
+    from nni_sparsemask.run.config import ModelConfig
+    from nni_sparsemask.run.pipeline import build_network, head_width
+
+    model = ModelConfig(backbone=CONVNET[0], backbone_kwargs=CONVNET[1], backbone_weights=None, decoder_channels=8)
+    if find_spec("segmentation_models_pytorch") is not None:
+        # C_dec 8 read as smp U-Net's width would leave it 8/16 -> 1 channel before its head
+        assert build_network(model, 3, decoder="smp-unet").decoder_channels == 256
+        assert build_network(model, 3, decoder="smp-unet", head_channels=16).decoder_channels == 16
+    assert head_width("smp-pan") == 32 and head_width("deeplabv3", 64) == 64
+    assert head_width("unet") is None and head_width(None) is None  # FDN space: C_dec is the width
+    for bad, says in ((["--decoder", "unet", "--head-channels", "8"], "not of unet"),
+                      (["--decoder", "smp-fpn", "--head-channels", "0"], "must be an integer >= 1")):
+        assert main(["retrain", "--out", str(tmp_path / "bad"), "--epochs", "1", "--no-progress"] + bad + TINY_MODEL
+                    + TINY_DATA) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+@needs_smp
+def test_a_run_written_before_the_head_width_was_recorded_is_rebuilt_at_c_dec(tmp_path, isolated_cache):
+    from nni_sparsemask.cli import main
+    from nni_sparsemask.run.config import DataConfig, ModelConfig, TrainConfig
+    from nni_sparsemask.run.steps import load_run_network, run_retrain
+
+    run = tmp_path / "old"
+    assert main(["retrain", "--decoder", "smp-linknet", "--out", str(run), "--epochs", "1", "--fps-size", "32",
+                 "--no-progress", "--head-channels", "8"] + TINY_MODEL + TINY_DATA) == 0
+    config = json.loads((run / "config.json").read_text())
+    del config["head_channels"]  # as earlier versions wrote it: they built the head at C_dec (8 here)
+    (run / "config.json").write_text(json.dumps(config))
+    net, _, _ = load_run_network(run)  # the weights load: same shapes
+    assert net.decoder_channels == 8
+    with pytest.raises(ValueError, match="differs in head_channels\\)"):  # resuming would build another network
+        run_retrain(run, DataConfig(**config["data"]), ModelConfig(**config["model"]), TrainConfig(**config["train"]),
+                    decoder="smp-linknet", fps_size=32, resume=True, progress=False, log=lambda s: None)
 
 
 @needs_smp

@@ -84,9 +84,9 @@ def _retrain(args) -> int:
 
     train = configs().TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
     m = run_retrain(args.out, data_config(args), model_config(args), train, connectivity=args.connectivity,
-                    decoder=args.decoder, fps_size=args.fps_size, fps_batch=args.fps_batch,
-                    overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
-                    **dist_settings(args))
+                    decoder=args.decoder, head_channels=args.head_channels, fps_size=args.fps_size,
+                    fps_batch=args.fps_batch, overwrite=args.overwrite, resume=args.resume,
+                    progress=not args.no_progress, **dist_settings(args))
     _print_metrics(f"[retrain] {m['method']}", m)
     return 0
 
@@ -191,6 +191,10 @@ def _add_retrain_command(sub: Any) -> None:
     which.add_argument("--connectivity", help="connectivity.json of a search or prune run")
     which.add_argument("--decoder", help="fcn, unet, sparseacn, deeplabv3, fdn, or a segmentation_models_pytorch "
                        "peer: smp-unet, smp-fpn, smp-deeplabv3plus, smp-pan, smp-linknet (pip install .[peers])")
+    p.add_argument("--head-channels", type=int, default=None,
+                   help="width of a decoder with a head of its own (deeplabv3's ASPP, an smp peer's decoder "
+                        "channels); default: its published width (deeplabv3, smp-unet/fpn/deeplabv3plus 256, "
+                        "smp-pan/linknet 32). --decoder-channels is C_dec, the FDN space's width")
     add_schedule(p, configs().TrainConfig)
     add_data(p)
     add_model(p)

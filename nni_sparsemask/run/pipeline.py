@@ -170,14 +170,29 @@ def check_connectivity(conn: Connectivity, model: ModelConfig, num_classes: int,
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
 
 
+def head_width(decoder: Optional[str], head_channels: Optional[int] = None) -> Optional[int]:
+    """The width of ``decoder``'s head of its own (``head_channels``, else the registry's published default), or
+    None for no decoder or one of the FDN space (whose width is C_dec); recorded in a retrain's config.json."""
+    from nni_sparsemask.run.registry import DECODERS
+    if decoder is None or DECODERS.get(decoder).in_fdn_space:
+        return None
+    return DECODERS.get(decoder).default_channels if head_channels is None else head_channels
+
+
 def build_network(model: ModelConfig, num_classes: int, *, connectivity: Optional[Connectivity] = None,
-                  decoder: Optional[str] = None, weights: Optional[str] = None) -> nn.Module:
-    """Encoder (with ``weights``) + the decoder given as a ``connectivity`` or a registered ``decoder`` name."""
+                  decoder: Optional[str] = None, weights: Optional[str] = None,
+                  head_channels: Optional[int] = None) -> nn.Module:
+    """Encoder (with ``weights``) + the decoder given as a ``connectivity`` or a registered ``decoder`` name.
+
+    ``model.decoder_channels`` is C_dec, the width of the FDN space's decoders. A decoder with a head of its own
+    (``deeplabv3``, the ``smp-*`` peers) keeps its published width (:func:`head_width`) unless ``head_channels``
+    is given: C_dec 32 read as smp U-Net's width left it 2 channels before its head at full resolution."""
     if (connectivity is None) == (decoder is None):
         raise ValueError("give exactly one of connectivity (--connectivity) and decoder (--decoder)")
     if decoder is not None:
-        from nni_sparsemask.run.registry import build_decoder
-        return build_decoder(decoder, model.backbone, num_classes, decoder_channels=model.decoder_channels,
+        from nni_sparsemask.run.registry import DECODERS, build_decoder
+        channels = model.decoder_channels if DECODERS.get(decoder).in_fdn_space else head_width(decoder, head_channels)
+        return build_decoder(decoder, model.backbone, num_classes, decoder_channels=channels,
                              backbone_kwargs=model.backbone_kwargs, backbone_weights=weights)
     from nni_sparsemask.fdn.pruned import build_pruned
     return build_pruned(connectivity, num_classes, model.decoder_channels, backbone_weights=weights,

@@ -25,8 +25,8 @@ from nni_sparsemask.run.config import (SEARCH_LEGACY, DataConfig, EvalConfig, Mo
                                        config_from_dict)
 from nni_sparsemask.run.distributed import DEFAULT_DEVICES, DEFAULT_DIST_STRATEGY, check_dist
 from nni_sparsemask.run.pipeline import (build_network, check_connectivity, check_eval_device, check_inputs,
-                                         evaluate_network, load_weights, make_loaders, resolve_backbone_weights,
-                                         save_weights, train_network)
+                                         evaluate_network, head_width, load_weights, make_loaders,
+                                         resolve_backbone_weights, save_weights, train_network)
 from nni_sparsemask.run.rundir import RunDir, read_json
 from nni_sparsemask.seeding import seed_everything
 
@@ -215,42 +215,52 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                 fps_seconds: float = EvalConfig.fps_seconds, overwrite: bool = False, resume: bool = False,
                 progress: bool = True, accelerator: str = "auto", log: Log = print, method: Optional[str] = None,
                 params: Optional[dict[str, Any]] = None, report_to_nni: bool = False,
-                devices: int = DEFAULT_DEVICES, dist_strategy: str = DEFAULT_DIST_STRATEGY) -> dict[str, Any]:
+                devices: int = DEFAULT_DEVICES, dist_strategy: str = DEFAULT_DIST_STRATEGY,
+                head_channels: Optional[int] = None) -> dict[str, Any]:
     """Train a fixed decoder (a searched ``connectivity.json`` or a hand-designed ``decoder``) with L_task only,
     evaluate it, and write ``metrics.json`` (the row Table 1 and Fig. 4 read).
 
-    ``method`` / ``params`` name the run in the results (default: the search's, from the connectivity's meta, or
+    ``head_channels``: the width of a ``decoder`` with a head of its own (default: its published width; C_dec,
+    ``model.decoder_channels``, is the FDN space's). ``method`` / ``params`` name the run in the results (default: the search's, from the connectivity's meta, or
     the decoder's name); ``report_to_nni`` sends every epoch's val mIoU to NNI (inside an nnictl trial).
     The search summary (binarisation gap, search time) is read from ``search.json`` beside the connectivity
     file, or one level up for a sampler's ``samples/sample-NN.json``."""
     if (connectivity is None) == (decoder is None):
         raise ValueError("give exactly one of --connectivity FILE and --decoder NAME")
+    from nni_sparsemask.run.registry import DECODERS
     if connectivity is not None:
         connectivity = Path(connectivity)
         conn, method, params, extra = _searched_decoder(connectivity, model, data, method, params)
     else:
-        from nni_sparsemask.run.registry import DECODERS
         DECODERS.get(decoder)  # unknown name -> clear error before anything is written
         conn, extra = None, {}
         method, params = method or decoder, dict(params or {})
+    if head_channels is not None:
+        if decoder is None or DECODERS.get(decoder).in_fdn_space:
+            raise ValueError(f"--head-channels sets the width of a decoder with a head of its own (deeplabv3, "
+                             f"smp-*), not of {decoder or 'a searched connectivity'}: its width is --decoder-channels")
+        if isinstance(head_channels, bool) or not isinstance(head_channels, int) or head_channels < 1:
+            raise ValueError(f"--head-channels must be an integer >= 1, got {head_channels!r}")
     EvalConfig(fps_size=fps_size, fps_batch=fps_batch, fps_seconds=fps_seconds)  # checked before training
     check_inputs(data, model, decoder)
     check_dist(devices, dist_strategy, accelerator)
     config = _base_config("retrain", method, params, train.seed, data, model)
     config.update(train=dataclasses.asdict(train), decoder=decoder,
                   connectivity=str(connectivity) if connectivity is not None else None,
-                  connectivity_edges=_edge_record(conn),
+                  connectivity_edges=_edge_record(conn), head_channels=head_width(decoder, head_channels),
                   fps={"size": fps_size, "batch": fps_batch, "seconds": fps_seconds})
     run = RunDir(out, config, overwrite=overwrite, resume=resume, located={"connectivity": "connectivity_edges"},
-                 legacy={"": {"connectivity_edges": _built_edges(Path(out))}} if resume and conn is not None else None)
+                 legacy={"": {"connectivity_edges": _built_edges(Path(out)) if conn is not None else None,
+                              "head_channels": None}})
     if run.finished:
         log(f"[retrain] {run.path} is already finished; its results are kept as they are")
         return read_json(run.file("metrics.json"))
     weights = resolve_backbone_weights(model, data, log, progress=progress)
     seed_everything(train.seed)
-    net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=weights)
+    net = build_network(model, data.num_classes, connectivity=conn, decoder=decoder, weights=weights,
+                        head_channels=head_channels)
     layout = conn  # the decoder's edges (None for a head of its own: DeepLabV3, the smp peers)
-    from nni_sparsemask.run.registry import DECODERS, decoder_connectivity
+    from nni_sparsemask.run.registry import decoder_connectivity
     if conn is None and DECODERS.get(decoder).in_fdn_space:
         layout = decoder_connectivity(decoder, model.backbone, net.encoder.feature_info, model.backbone_kwargs)
     if layout is not None:
@@ -317,7 +327,9 @@ def load_run_network(run_dir: str | Path) -> tuple[Any, DataConfig, ModelConfig]
     from nni_sparsemask.run.registry import DECODERS
     decoder = config.get("decoder")
     if decoder is not None and not DECODERS.get(decoder).in_fdn_space:  # its own head: no connectivity
-        net = build_network(model, data.num_classes, decoder=decoder)
+        # a run written before the head's width was recorded built it at C_dec
+        net = build_network(model, data.num_classes, decoder=decoder,
+                            head_channels=config.get("head_channels", model.decoder_channels))
     else:
         net = build_network(model, data.num_classes, connectivity=Connectivity.from_json(run_dir / "connectivity.json"))
     return load_weights(net, run_dir / "model.pt"), data, model
