@@ -194,7 +194,7 @@ def _add_retrain_command(sub: Any) -> None:
     p.add_argument("--head-channels", type=int, default=None,
                    help="width of a decoder with a head of its own (deeplabv3's ASPP, an smp peer's decoder "
                         "channels); default: its published width (deeplabv3, smp-unet/fpn/deeplabv3plus 256, "
-                        "smp-pan/linknet 32). --decoder-channels is C_dec, the FDN space's width")
+                        "smp-pan/linknet 32); the FDN space's width is C_dec, not this one")
     add_schedule(p, configs().TrainConfig)
     add_data(p)
     add_model(p)
