@@ -81,6 +81,8 @@ def test_search_prune_retrain_evaluate_from_the_command_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
+    import torch
+
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--search-epochs", "1", "--retrain-epochs", "1", "--train-scenes", "32",
             "--image-size", "32", "--fps-size", "32", "--decoder-channels", "8", "--arc-lr", "0.05", "--no-progress"]
@@ -101,11 +103,16 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     for r in summary["rows"]:
         lo, hi = r["fps_ratio_range"]
         assert lo <= r["fps_ratio"] <= hi
+    assert "retrain fdn" in summary["seconds"] and not (out / "retrain.log").exists()  # one process by default
     # --resume of a finished demo reuses every step
     assert main(argv + ["--resume"]) == 0
     assert json.loads((out / "demo.json").read_text())["rows"][0]["miou"] == summary["rows"][0]["miou"]
     # the baselines alone may change on resume: the missing network is trained, the finished ones are kept
-    assert main(argv + ["--resume", "--baselines", "fcn", "unet"]) == 0
+    assert main(argv + ["--resume", "--baselines", "fcn", "unet", "--split-cpu"]) == 0
+    if torch.get_num_threads() >= 2:  # the CPU was split: U-Net retrained in a second process beside the search
+        assert "retrain unet (second process)" in json.loads((out / "demo.json").read_text())["seconds"]
+        assert "[retrain] unet" in (out / "retrain.log").read_text()
+        assert "another process trained" in json.loads((out / "unet" / "metrics.json").read_text())["fps_note"]
     rows = json.loads((out / "demo.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["SparseMask (searched)", "FDN (dense)", "FCN", "unet"]
     assert [r["miou"] for r in rows[:3]] == [r["miou"] for r in summary["rows"]]

@@ -207,3 +207,23 @@ def test_a_grid_point_sets_the_cost_weight_and_a_warmup_of_its_search():
     assert schedule.strategy_options()["warmup_epochs"] == 1 and schedule.cost_weight == 0.3
     with pytest.raises(ValueError, match="arc_warmup_epochs"):
         parse_entry({"params": {"_name": "sparsemask", "arc_warmup_epochs": -1}, "seed": 0})
+
+
+def test_a_search_reads_the_latency_table_of_the_threads_its_network_will_run_with(tmp_path):
+    """The demo searches on half the threads while a second process retrains (``run.sideprocess``): the latency
+    table it reads is the one timed for the FPS table's threads (``cost_threads``), not for the search's own."""
+    from nni_sparsemask.measure.latency import device_name
+    from nni_sparsemask.run.costaware import profile_model
+    from nni_sparsemask.run.steps import run_search
+
+    _, path, _ = profile_model(MODEL, DATA.num_classes, "flops", 32, "cpu", str(tmp_path / "t.json"))
+    table = json.loads(path.read_text())  # stands in for a latency table timed with 7 threads (nothing timed)
+    table["key"].update(kind="latency", device=device_name("cpu"), threads=7)
+    path.write_text(json.dumps(table))
+    assert torch.get_num_threads() != 7
+    with pytest.raises(ValueError, match=r"made for another setting \(threads: table 7, wanted"):
+        _search(tmp_path, "refused", cost="latency", budget=0.5, cost_table=str(path))
+    assert not (tmp_path / "refused").exists()
+    cfg = SearchConfig(epochs=1, learning_rate=0.01, cost_size=32, cost="latency", budget=0.5, cost_table=str(path))
+    summary = run_search(tmp_path / "run", "sparsemask", {}, DATA, MODEL, cfg, cost_threads=7, **QUIET)
+    assert summary["cost"]["budget_fraction"] == pytest.approx(0.5)

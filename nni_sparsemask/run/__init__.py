@@ -11,5 +11,7 @@
 * :mod:`.checkpoints` -- Lightning checkpoints written atomically (``AtomicCheckpointIO``); the file checks
   (``check_checkpoint``, ``load_checkpoint``: a broken file is one error line) are re-exported from
   :mod:`nni_sparsemask.checkpoint_files`;
-* :mod:`.demo` -- the demo (search, retrain three networks, time them side by side).
+* :mod:`.demo` -- the demo (search, retrain three networks, time them side by side);
+* :mod:`.sideprocess` -- the demo's second process (``--split-cpu``): on a CPU, the retraining runs that do not wait for the search
+  run there, beside it, each process with half the threads.
 """

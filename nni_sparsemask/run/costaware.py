@@ -38,15 +38,17 @@ class CostTerm:
         return {"cost_fn": self.cost_fn, "cost_budget": self.budget, "cost_weight": self.weight}
 
 
-def space_table(space: Any, kind: str, size: int, device: str, table_file: Optional[str] = None) -> Any:
+def space_table(space: Any, kind: str, size: int, device: str, table_file: Optional[str] = None,
+                threads: Optional[int] = None) -> Any:
     """The cost table of ``space`` (an ``FDNSpace``): ``table_file`` checked against the space, size and device,
-    else profiled (or read from the cache)."""
+    else profiled (or read from the cache). ``threads``: the threads the network will run with (default: this
+    process's PyTorch threads now)."""
     from nni_sparsemask.data.digitscenes import cache_root
     from nni_sparsemask.measure.latency import load_cost_table, profile_space, space_key
 
     if table_file is None:
-        return profile_space(space, kind, size, device=device, cache_dir=cache_root())
-    return load_cost_table(table_file, space_key(space, kind, size, device=device))
+        return profile_space(space, kind, size, device=device, cache_dir=cache_root(), num_threads=threads)
+    return load_cost_table(table_file, space_key(space, kind, size, device=device, num_threads=threads))
 
 
 def _fcn_cost(table: Any, backbone: str, feature_info: Any, backbone_kwargs: dict[str, Any]) -> float:
@@ -62,13 +64,14 @@ def budget_summary(table: Any, backbone: str, feature_info: Any, backbone_kwargs
             "base": table.costs.base}
 
 
-def cost_term(schedule: SearchConfig, space: Any, device: str, log: Callable[[str], None] = print
-              ) -> Optional[CostTerm]:
+def cost_term(schedule: SearchConfig, space: Any, device: str, log: Callable[[str], None] = print,
+              threads: Optional[int] = None) -> Optional[CostTerm]:
     """The cost term of ``schedule`` for ``space`` (None without ``schedule.cost``); a target no decoder of the
-    space reaches is a ``ValueError`` that says what the fastest one (FCN) is predicted to reach."""
+    space reaches is a ``ValueError`` that says what the fastest one (FCN) is predicted to reach. ``threads``: the
+    threads the searched network will run with (:func:`space_table`)."""
     if schedule.cost is None:
         return None
-    table = space_table(space, schedule.cost, schedule.cost_size, device, schedule.cost_table)
+    table = space_table(space, schedule.cost, schedule.cost_size, device, schedule.cost_table, threads)
     predicted = budget_summary(table, space.backbone_name, space.encoder.feature_info, dict(space.backbone_kwargs))
     unit = table.costs.unit
     decoder_dense = predicted["dense"] - predicted["base"]

@@ -217,11 +217,20 @@ def _finish(run: RunDir, rows: list[dict[str, Any]], note: str, search: dict[str
 
 
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool = False, resume: bool = False,
-             progress: bool = True, log: Callable[[str], None] = print, accelerator: str = "auto") -> dict[str, Any]:
-    """Run the demo into ``out``; returns ``{"rows": [...], "seconds": {...}}`` (also in ``out/demo.json``)."""
+             progress: bool = True, log: Callable[[str], None] = print, accelerator: str = "auto",
+             split_cpu: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out``; returns ``{"rows": [...], "seconds": {...}}`` (also in ``out/demo.json``).
+
+    ``split_cpu``: on a CPU with 2 or more threads, the dense FDN and the baselines retrain in a second process
+    while this one searches and retrains the searched decoder, each with half the threads
+    (:mod:`.sideprocess`; its output goes to ``out/retrain.log``). The default runs every step here, one after
+    another, with all threads. The FPS table is timed after both, alone, with all threads."""
+    import torch
+
     from nni_sparsemask.measure.deploy import AS_GIVEN
     from nni_sparsemask.run.pipeline import resolve_backbone_weights
-    from nni_sparsemask.run.steps import run_retrain, run_search
+    from nni_sparsemask.run.sideprocess import SideProcess, cpu_split
+    from nni_sparsemask.run.steps import _cost_term, run_retrain, run_search
 
     cfg = cfg or DemoConfig()
     # every config is built (and so checked) before the run directory is written
@@ -240,20 +249,47 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     weights = step("pretrain", lambda: resolve_backbone_weights(
         model, data, log, {"num_scenes": cfg.pretrain_scenes, "epochs": cfg.pretrain_epochs, "seed": cfg.seed}, progress))
     model = dataclasses.replace(model, backbone_weights=weights)  # every later step loads this very file
-    search = step("search", lambda: run_search(
-        run.file("search"), "sparsemask", {"lambda_sparse": cfg.lambda_sparse, "threshold": cfg.threshold,
-                                           "seed": cfg.seed}, data, model, cfg.search_config(), **common))
-    heatmap = run.file("search") / "w_heatmap.png"
-    if heatmap.is_file():
-        shutil.copyfile(heatmap, run.file("w_heatmap.png"))
+    threads = torch.get_num_threads()
+    split = cpu_split(threads, accelerator, torch.cuda.is_available()) if split_cpu else None
+    if split is not None and cfg.cost == "latency":  # timed now, alone and with every thread the FPS table uses
+        step("cost table", lambda: _cost_term(cfg.search_config(), data, model, accelerator, lambda _: None))
     nets = _networks(run, cfg)
+    searched, others = nets[0][1], nets[1:]
+    retrain = {sub: dict(out=run.file(sub), data=data, model=model, train=train, fps_size=cfg.fps_size,
+                         fps_alone=split is None, **which, **common) for _, sub, which in nets}
+    side = None
+    if split is not None:
+        log(f"[demo] {', '.join(sub for _, sub, _ in others)} retrain in a second process beside the search, "
+            f"{split[1]} thread(s) there and {split[0]} here (log: {run.file('retrain.log')})")
+        side = SideProcess([(sub, retrain[sub]) for _, sub, _ in others], split[1], run.file("retrain.log")).start()
+        torch.set_num_threads(split[0])
     results = {}
-    for _, sub, which in nets:
-        results[sub] = step(f"retrain {sub}", lambda sub=sub, which=which: run_retrain(
-            run.file(sub), data, model, train, fps_size=cfg.fps_size, **which, **common))
+    try:
+        search = step("search", lambda: run_search(
+            run.file("search"), "sparsemask", {"lambda_sparse": cfg.lambda_sparse, "threshold": cfg.threshold,
+                                               "seed": cfg.seed}, data, model, cfg.search_config(),
+            cost_threads=threads, **common))
+        heatmap = run.file("search") / "w_heatmap.png"
+        if heatmap.is_file():
+            shutil.copyfile(heatmap, run.file("w_heatmap.png"))
+        if side is not None and side.done():  # it finished first: its threads are free again
+            torch.set_num_threads(threads)
+        results[searched] = step(f"retrain {searched}", lambda: run_retrain(**retrain[searched]))
+        if side is not None:
+            for sub, seconds in side.finish(log).items():
+                step.seconds[f"retrain {sub} (second process)"] = seconds
+            for _, sub, _ in others:  # finished there: read back, nothing trained again
+                results[sub] = run_retrain(**dict(retrain[sub], resume=True, log=lambda _: None))
+        else:
+            for _, sub, _ in others:
+                results[sub] = step(f"retrain {sub}", lambda sub=sub: run_retrain(**retrain[sub]))
+    finally:
+        if side is not None:
+            side.stop()
+            torch.set_num_threads(threads)
     fps_runs = {sub: run.file(sub) for _, sub, _ in nets}
-    side = step("FPS", lambda: fps_side_by_side(fps_runs, cfg.fps_size, device=_fps_device(accelerator)))
-    rows = _rows(run, nets, results, side)
+    side_fps = step("FPS", lambda: fps_side_by_side(fps_runs, cfg.fps_size, device=_fps_device(accelerator)))
+    rows = _rows(run, nets, results, side_fps)
     step.seconds["total"] = round(time.time() - step.start, 1)
-    note = _note(cfg, side, results["fdn"].get("fps_form", AS_GIVEN))
-    return _finish(run, rows, note, search, side, step.seconds, log)
+    note = _note(cfg, side_fps, results["fdn"].get("fps_form", AS_GIVEN))
+    return _finish(run, rows, note, search, side_fps, step.seconds, log)

@@ -54,10 +54,12 @@ def _heatmap(conn: Connectivity, path: Path, title: str, log: Log) -> None:
 def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], data: DataConfig,
                model: ModelConfig, schedule: Optional[SearchConfig] = None, *, overwrite: bool = False,
                resume: bool = False, progress: bool = True, accelerator: str = "auto", log: Log = print,
-               devices: int = DEFAULT_DEVICES, dist_strategy: str = DEFAULT_DIST_STRATEGY) -> dict[str, Any]:
+               devices: int = DEFAULT_DEVICES, dist_strategy: str = DEFAULT_DIST_STRATEGY,
+               cost_threads: Optional[int] = None) -> dict[str, Any]:
     """Search a decoder of the FDN space with ``strategy`` (see ``run.registry.STRATEGIES``) on ``data``; a
     one-shot search trains as ``schedule`` says (default :class:`SearchConfig`), on ``devices`` processes
-    (:mod:`.distributed`)."""
+    (:mod:`.distributed`). ``cost_threads``: the threads a latency cost is timed for, when the searched network
+    will run with other threads than the search trains with (default: this process's PyTorch threads)."""
     from nni_sparsemask.run.registry import STRATEGIES, check_strategy_space, split_search_params, validate_strategy_args
 
     entry = STRATEGIES.get(strategy)
@@ -72,7 +74,7 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     term = None
     if entry.kind == "oneshot":
         config["search"] = dataclasses.asdict(schedule)
-        term = _cost_term(schedule, data, model, accelerator, log)  # a target no decoder reaches: refused here
+        term = _cost_term(schedule, data, model, accelerator, log, cost_threads)  # a target no decoder reaches: refused here
     elif schedule.cost is not None:
         raise ValueError(f"strategy {strategy!r} samples decoders without training w: --cost applies to the "
                          "one-shot strategies (sparsemask, l1, maskconnect)")
@@ -112,7 +114,8 @@ def _sample(run: RunDir, strategy: str, params: dict[str, Any], model: ModelConf
                       "edges": [c.num_edges for c in conns], "search_seconds": time.time() - t0}
 
 
-def _cost_term(schedule: SearchConfig, data: DataConfig, model: ModelConfig, accelerator: str, log: Log) -> Any:
+def _cost_term(schedule: SearchConfig, data: DataConfig, model: ModelConfig, accelerator: str, log: Log,
+               threads: Optional[int] = None) -> Any:
     """The cost term of a cost-aware search (None without ``--cost``), from a space without weights: costs do not
     depend on them, and so a bad target is refused before anything is trained or written."""
     if schedule.cost is None:
@@ -123,7 +126,7 @@ def _cost_term(schedule: SearchConfig, data: DataConfig, model: ModelConfig, acc
 
     space = FDNSpace(model.backbone, num_classes=data.num_classes, decoder_channels=model.decoder_channels,
                      backbone_kwargs=model.backbone_kwargs)
-    return cost_term(schedule, space, "cpu" if accelerator == "cpu" else default_device(), log)
+    return cost_term(schedule, space, "cpu" if accelerator == "cpu" else default_device(), log, threads)
 
 
 def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: DataConfig, model: ModelConfig,
@@ -216,13 +219,15 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                 progress: bool = True, accelerator: str = "auto", log: Log = print, method: Optional[str] = None,
                 params: Optional[dict[str, Any]] = None, report_to_nni: bool = False,
                 devices: int = DEFAULT_DEVICES, dist_strategy: str = DEFAULT_DIST_STRATEGY,
-                head_channels: Optional[int] = None) -> dict[str, Any]:
+                head_channels: Optional[int] = None, fps_alone: bool = True) -> dict[str, Any]:
     """Train a fixed decoder (a searched ``connectivity.json`` or a hand-designed ``decoder``) with L_task only,
     evaluate it, and write ``metrics.json`` (the row Table 1 and Fig. 4 read).
 
     ``head_channels``: the width of a ``decoder`` with a head of its own (default: its published width; C_dec,
     ``model.decoder_channels``, is the FDN space's). ``method`` / ``params`` name the run in the results (default: the search's, from the connectivity's meta, or
     the decoder's name); ``report_to_nni`` sends every epoch's val mIoU to NNI (inside an nnictl trial).
+    ``fps_alone=False`` says that another process trained while FPS was timed (the demo's second process):
+    ``metrics.json`` then carries an ``fps_note`` saying so.
     The search summary (binarisation gap, search time) is read from ``search.json`` beside the connectivity
     file, or one level up for a sampler's ``samples/sample-NN.json``."""
     if (connectivity is None) == (decoder is None):
@@ -276,6 +281,9 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                "edges": layout.num_edges if layout is not None else None,
                "stages": len(layout.stages()) if layout is not None else None, "train_seconds": seconds,
                "epochs": train.epochs, **extra}
+    if not fps_alone:
+        metrics["fps_note"] = ("timed while another process trained on the same CPU: compare FPS measured side by "
+                               "side (the demo's table), not this one")
     run.write_json("metrics.json", metrics)
     return metrics
 
