@@ -264,3 +264,22 @@ def test_classification_view_is_learnable_by_a_small_cnn(tmp_path):
         yv = torch.stack([val[i][1] for i in range(len(val))])
         acc = (net(xv).argmax(1) == yv).float().mean().item()
     assert acc > 0.25, f"val accuracy {acc:.3f} (chance 0.10)"
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_generation_bar_follows_progress(tmp_path, capfd, progress):
+    """``--no-progress`` reaches the data set: the bar of a split generated on first use is shown only with
+    ``progress`` (the bar appears from 200 scenes on)."""
+    data = DigitScenes(image_size=32, num_scenes=200, cache_dir=tmp_path, progress=progress)
+    assert len(data.arrays["images"]) == 200
+    assert ("DigitScenes train 32px" in capfd.readouterr().err) == progress
+    assert pickle.loads(pickle.dumps(data)).progress is progress  # the setting travels with the data set
+
+
+def test_make_loaders_pass_progress_to_digitscenes():
+    from nni_sparsemask.run.config import DataConfig
+    from nni_sparsemask.run.pipeline import make_loaders
+
+    train, val = make_loaders(DataConfig(image_size=32, train_scenes=16, val_scenes=8), progress=False)
+    assert train.dataset.progress is False and val.dataset.progress is False
+    assert make_loaders(DataConfig(image_size=32, train_scenes=16, val_scenes=8))[1].dataset.progress is True

@@ -148,14 +148,14 @@ class DigitScenes(Dataset):
     normalise twice).
 
     Cheap to construct and to pickle (NNI sends data sets to trials): the scenes are loaded or generated on
-    first access and never pickled. Keyword ``overrides`` replace fields of ``config``, e.g.
+    first access (with a progress bar unless ``progress=False``) and never pickled. Keyword ``overrides`` replace fields of ``config``, e.g.
     ``DigitScenes(split="val", image_size=32, num_scenes=12)``.
     """
 
     def __init__(self, config: Optional[DigitScenesConfig] = None, task: str = "segmentation",
                  transform: Optional[Callable[[Any, Any], tuple[Any, Any]]] = None,
                  cache_dir: Union[str, Path, None] = None, cache: bool = True, normalize: bool = True,
-                 **overrides: Any) -> None:
+                 progress: bool = True, **overrides: Any) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown DigitScenes task {task!r}; use one of {TASKS}")
         config = config if config is not None else DigitScenesConfig()
@@ -175,6 +175,7 @@ class DigitScenes(Dataset):
         self.cache_dir = cache_dir
         self.cache = cache
         self.normalize = normalize
+        self.progress = progress
         self._arrays: Optional[dict[str, np.ndarray]] = None
 
     @property
@@ -185,7 +186,7 @@ class DigitScenes(Dataset):
     def arrays(self) -> dict[str, np.ndarray]:
         """The raw arrays of the split (loaded or generated on first use)."""
         if self._arrays is None:
-            arrays = load_or_generate(self.config, self.cache_dir, self.cache)
+            arrays = load_or_generate(self.config, self.cache_dir, self.cache, progress=self.progress)
             if self.task == "edges":
                 arrays = {**arrays, "edges": edge_labels(arrays["hard"])}
             self._arrays = arrays

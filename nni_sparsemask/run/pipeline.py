@@ -57,9 +57,10 @@ def _folder_dataset(data: DataConfig, split: str, transform: Any, **kwargs: Any)
     return nni.trace(build_dataset)(data.dataset, data.root, split, data.task, transform=transform, **kwargs)
 
 
-def make_loaders(data: DataConfig, *, train: bool = True) -> tuple[Any, Any]:
+def make_loaders(data: DataConfig, *, train: bool = True, progress: bool = True) -> tuple[Any, Any]:
     """``(train, val)`` traced data loaders (they pickle without the data, for NNI trials). ``train=False``
     builds the evaluation loader only (``(None, val)``): evaluation-only data sets (ECSSD) have no training split.
+    ``progress=False``: no bar while DigitScenes generates scenes missing from its cache.
 
     DigitScenes: its ``task`` view, ``val`` scenes in batches of ``4 x batch_size``. The other data sets: the
     training split with the paper's augmentation cropped to ``image_size``; the evaluation split one image per
@@ -69,7 +70,7 @@ def make_loaders(data: DataConfig, *, train: bool = True) -> tuple[Any, Any]:
 
     if data.dataset == "digitscenes":
         from nni_sparsemask.run.lightning import DigitScenesLoader
-        common = dict(task=data.task, image_size=data.image_size, seed=data.seed)
+        common = dict(task=data.task, image_size=data.image_size, seed=data.seed, progress=progress)
         val = DigitScenesLoader(batch_size=4 * data.batch_size, split="val", num_scenes=data.val_scenes, **common)
         if not train:
             return None, val
@@ -325,7 +326,7 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
                                 seed=train.seed)
     module.set_model(net)
     module.report_to_nni = report_to_nni
-    train_loader, val_loader = make_loaders(data)
+    train_loader, val_loader = make_loaders(data, progress=progress)
     t0 = time.time()
     history = history_callback(run, t0)
     ckpt = ModelCheckpoint(dirpath=run.checkpoints, filename="epoch{epoch}", save_last=True, save_top_k=0,
@@ -367,7 +368,7 @@ def evaluate_network(net: nn.Module, data: DataConfig, *, fps_size: int = EvalCo
 
     device = device or default_device()
     net = net.to(device).eval()
-    _, val_loader = make_loaders(data, train=False)
+    _, val_loader = make_loaders(data, train=False, progress=progress)
     metrics = TaskMetrics(data.task, data.num_classes, edge_nms=edge_nms)
     for batch in tqdm(val_loader, desc="evaluate", disable=not progress, leave=False):
         x, y, *rest = batch

@@ -147,7 +147,7 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
     seed_everything(int(params.get("seed", 0)))  # the decoder's initial weights
     space = FDNSpace(model.backbone, num_classes=data.num_classes, decoder_channels=model.decoder_channels,
                      backbone_weights=weights, backbone_kwargs=model.backbone_kwargs)
-    train_loader, val_loader = make_loaders(data)
+    train_loader, val_loader = make_loaders(data, progress=progress)
     evaluator = Segmentation(num_classes=data.num_classes, task=data.task, learning_rate=schedule.learning_rate,
                              train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=schedule.epochs,
                              accelerator=accelerator, enable_checkpointing=False, logger=False,
