@@ -230,7 +230,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     from nni_sparsemask.measure.deploy import AS_GIVEN
     from nni_sparsemask.run.pipeline import resolve_backbone_weights
     from nni_sparsemask.run.sideprocess import SideProcess, cpu_split
-    from nni_sparsemask.run.steps import _cost_term, run_retrain, run_search
+    from nni_sparsemask.run.steps import run_retrain, run_search, search_cost_term
 
     cfg = cfg or DemoConfig()
     # every config is built (and so checked) before the run directory is written
@@ -252,7 +252,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     threads = torch.get_num_threads()
     split = cpu_split(threads, accelerator, torch.cuda.is_available()) if split_cpu else None
     if split is not None and cfg.cost == "latency":  # timed now, alone and with every thread the FPS table uses
-        step("cost table", lambda: _cost_term(cfg.search_config(), data, model, accelerator, lambda _: None))
+        step("cost table", lambda: search_cost_term(cfg.search_config(), data, model, accelerator, lambda _: None))
     nets = _networks(run, cfg)
     searched, others = nets[0][1], nets[1:]
     retrain = {sub: dict(out=run.file(sub), data=data, model=model, train=train, fps_size=cfg.fps_size,

@@ -30,7 +30,7 @@ from nni_sparsemask.run.pipeline import (build_network, check_connectivity, chec
 from nni_sparsemask.run.rundir import RunDir, read_json
 from nni_sparsemask.seeding import seed_everything
 
-__all__ = ["run_search", "run_prune", "run_retrain", "run_evaluate", "load_run_network", "SEARCH_DONE"]
+__all__ = ["run_search", "run_prune", "run_retrain", "run_evaluate", "load_run_network", "search_cost_term", "SEARCH_DONE"]
 
 SEARCH_DONE = "search.json"
 Log = Callable[[str], None]
@@ -74,7 +74,8 @@ def run_search(out: str | Path, strategy: str, strategy_args: dict[str, Any], da
     term = None
     if entry.kind == "oneshot":
         config["search"] = dataclasses.asdict(schedule)
-        term = _cost_term(schedule, data, model, accelerator, log, cost_threads)  # a target no decoder reaches: refused here
+        # a target no decoder reaches: refused here
+        term = search_cost_term(schedule, data, model, accelerator, log, cost_threads)
     elif schedule.cost is not None:
         raise ValueError(f"strategy {strategy!r} samples decoders without training w: --cost applies to the "
                          "one-shot strategies (sparsemask, l1, maskconnect)")
@@ -114,10 +115,11 @@ def _sample(run: RunDir, strategy: str, params: dict[str, Any], model: ModelConf
                       "edges": [c.num_edges for c in conns], "search_seconds": time.time() - t0}
 
 
-def _cost_term(schedule: SearchConfig, data: DataConfig, model: ModelConfig, accelerator: str, log: Log,
-               threads: Optional[int] = None) -> Any:
+def search_cost_term(schedule: SearchConfig, data: DataConfig, model: ModelConfig, accelerator: str, log: Log,
+                     threads: Optional[int] = None) -> Any:
     """The cost term of a cost-aware search (None without ``--cost``), from a space without weights: costs do not
-    depend on them, and so a bad target is refused before anything is trained or written."""
+    depend on them, and so a bad target is refused before anything is trained or written. The demo calls it
+    before a split of the CPU, so that a latency table is timed alone (``threads``: see :func:`run_search`)."""
     if schedule.cost is None:
         return None
     from nni_sparsemask.fdn.space import FDNSpace
