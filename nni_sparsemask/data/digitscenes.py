@@ -148,8 +148,8 @@ class DigitScenes(Dataset):
     normalise twice).
 
     Cheap to construct and to pickle (NNI sends data sets to trials): the scenes are loaded or generated on
-    first access (with a progress bar unless ``progress=False``) and never pickled. Keyword ``overrides`` replace fields of ``config``, e.g.
-    ``DigitScenes(split="val", image_size=32, num_scenes=12)``.
+    first access (with a progress bar unless ``progress=False``) and never pickled. Keyword ``overrides`` replace
+    fields of ``config``, e.g. ``DigitScenes(split="val", image_size=32, num_scenes=12)``.
     """
 
     def __init__(self, config: Optional[DigitScenesConfig] = None, task: str = "segmentation",

@@ -4,8 +4,11 @@
 retrains the others, each with half of PyTorch's threads. Every run keeps its own run directory, so ``--resume``
 works as before; what the second process prints goes to a log file in the demo's directory. On the 2-core
 development VM it took the demo from cold caches from 24:01 to 20:55, and the C_dec 96 demo from 33:39 to
-31:48 (README): the training scales well enough to a second thread that sharing the cores gains little there.
-With more cores than a small network uses, the split gains more.
+31:48 (``benchmarks/RESULTS.md``): the training scales well enough to a second thread that sharing the cores
+gains little there. On a machine with more cores than a small network uses it may gain more (not measured).
+
+The comparison's trial runs its search in a process of its own too (``comparison.trial``), but waits for it and
+forwards its log lines; this one runs beside the caller and writes its output to a file.
 
 :func:`cpu_split` says whether (and how) to split; :class:`SideProcess` starts, waits for and stops the process.
 """
