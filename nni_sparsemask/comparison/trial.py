@@ -46,7 +46,6 @@ import math
 import os
 import pickle
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -114,13 +113,9 @@ def _search_in_own_process(target: Callable[..., Any], kwargs: Mapping[str, Any]
 def _own_process_main(sender: Any, parent_pid: int, poll_seconds: float, target: Callable[..., Any],
                       kwargs: dict[str, Any]) -> None:
     """The body of :func:`_search_in_own_process`'s process: runs ``target``, sends back log lines and the outcome."""
-    def exit_with_parent() -> None:  # the trial was killed (NNI cancels it, say): no search goes on without it
-        while True:
-            time.sleep(poll_seconds)
-            if os.getppid() != parent_pid:
-                os._exit(3)
+    from nni_sparsemask.run.sideprocess import exit_with_parent
 
-    threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
+    exit_with_parent(parent_pid, poll_seconds)  # the trial was killed (NNI cancels it, say): no search goes on alone
     try:
         target(**kwargs, log=lambda message: sender.send(("log", str(message))))
         outcome: tuple[str, Any] = ("done", None)

@@ -8,7 +8,9 @@ development VM it took the demo from cold caches from 24:01 to 20:55, and the C_
 gains little there. On a machine with more cores than a small network uses it may gain more (not measured).
 
 The comparison's trial runs its search in a process of its own too (``comparison.trial``), but waits for it and
-forwards its log lines; this one runs beside the caller and writes its output to a file.
+forwards its log lines; this one runs beside the caller and writes its output to a file. Both end with the process
+that started them, however it ends (:func:`exit_with_parent`): a demo killed with SIGKILL leaves no retraining
+behind.
 
 :func:`cpu_split` says whether (and how) to split; :class:`SideProcess` starts, waits for and stops the process.
 """
@@ -17,12 +19,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-__all__ = ["cpu_split", "SideProcess"]
+__all__ = ["cpu_split", "SideProcess", "exit_with_parent"]
 
 
 def cpu_split(threads: int, accelerator: str, cuda: bool) -> Optional[tuple[int, int]]:
@@ -34,9 +37,27 @@ def cpu_split(threads: int, accelerator: str, cuda: bool) -> Optional[tuple[int,
     return threads // 2, threads - threads // 2
 
 
-def _work(jobs: list[tuple[str, dict[str, Any]]], threads: int, log_path: str, conn: Any) -> None:
+def exit_with_parent(parent_pid: int, poll_seconds: float = 2.0, code: int = 3) -> threading.Thread:
+    """In a started process: a daemon thread that ends this process (``os._exit(code)``, no clean-up) within
+    ``poll_seconds`` of its parent ``parent_pid`` going away, however the parent ended (SIGKILL included: an
+    orphan's parent becomes another process). A terminate() from the parent stays the normal way to stop it."""
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                os._exit(code)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _work(jobs: list[tuple[str, dict[str, Any]]], threads: int, log_path: str, conn: Any, parent_pid: int,
+          poll_seconds: float) -> None:
     """The second process: ``run_retrain(**kwargs)`` for each ``(name, kwargs)`` with ``threads`` PyTorch threads,
-    everything printed appended to ``log_path``; sends ``{"seconds": {name: s}}`` or ``{"error": text}``."""
+    everything printed appended to ``log_path``; sends ``{"seconds": {name: s}}`` or ``{"error": text}``; ends
+    when ``parent_pid`` does."""
+    exit_with_parent(parent_pid, poll_seconds)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -69,16 +90,19 @@ class SideProcess:
 
     ``start()`` it, do the other work, then ``finish()`` (waits; returns ``{name: seconds}``; a failure there is a
     ``RuntimeError`` naming the log). ``stop()`` ends it early (the parent failed or was interrupted): its runs
-    resume with ``--resume`` from their last checkpoints."""
+    resume with ``--resume`` from their last checkpoints. If this process dies without stopping it (SIGKILL), the
+    second process ends within ``poll_seconds``."""
 
-    def __init__(self, jobs: list[tuple[str, dict[str, Any]]], threads: int, log_path: str | Path) -> None:
+    def __init__(self, jobs: list[tuple[str, dict[str, Any]]], threads: int, log_path: str | Path,
+                 poll_seconds: float = 2.0) -> None:
         self.names = [name for name, _ in jobs]
         self.log_path = Path(log_path)
         jobs = [(name, dict(kwargs, progress=False, log=print)) for name, kwargs in jobs]
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or Lightning state
         self._recv, send = ctx.Pipe(duplex=False)
         self._send = send
-        self._process = ctx.Process(target=_work, args=(jobs, threads, str(self.log_path), send),
+        self._process = ctx.Process(target=_work, args=(jobs, threads, str(self.log_path), send, os.getpid(),
+                                                          poll_seconds),
                                     name="sparsemask-demo-retrain")
 
     def start(self) -> "SideProcess":
