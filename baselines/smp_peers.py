@@ -22,6 +22,13 @@ What each decoder reads (encoder depth 5, smp's defaults otherwise; ``decoder_ch
   least: a smaller deep feature (inputs under 256 px) is resized up to 8 before it, and the attention upsampling
   resizes back to stride 16 (nothing changes from 256 px on);
 * ``linknet``: strides 2..32, five transposed-convolution blocks, c = 32 before the head; output at stride 1.
+  Each block narrows its input to a quarter of its channels: on an encoder with few channels at stride 2 (16 for
+  the DigitScenes convnet: 4 channels) the network finds objects but can hardly tell the classes apart.
+
+A network that narrows to fewer than half as many channels as it has classes somewhere on its way to the head
+(:func:`narrowest_channels`) warns when it is built (``UserWarning``) with what to change. Half, not all: smp's
+U-Net passes 16 channels for VOC's 21 classes and is used that way widely; Linknet's 4 channels for
+DigitScenes' 11 classes ended at 10.2 mIoU with a foreground IoU of 0.75 (it found the digits, not which).
 
 The segmentation head is smp's (3x3 convolution for U-Net and PAN, 1x1 for the others, as smp's models), followed
 by one bilinear resize to the input size where the output is at stride 4. Inputs of any size work: one whose
@@ -48,7 +55,7 @@ from nni_sparsemask.fdn.backbones import Encoder, FeatureInfo, build_backbone
 from nni_sparsemask.fdn.fusion import traced_sizes
 
 __all__ = ["PEERS", "STRIDES", "DEFAULT_CHANNELS", "SMPNetwork", "build_smp_network", "select_stages",
-           "check_backbone", "require_smp"]
+           "check_backbone", "require_smp", "narrowest_channels"]
 
 #: smp's stride list (index i: stride 2^i, index 0 the input itself)
 SMP_STRIDES = (1, 2, 4, 8, 16, 32)
@@ -99,6 +106,30 @@ def check_backbone(peer: str, backbone: str, feature_info: Sequence[FeatureInfo]
     """Refuse a backbone without the strides ``peer`` reads, and a missing smp (before anything is trained)."""
     select_stages(feature_info, peer, f"backbone {backbone!r}")
     require_smp()
+
+
+def narrowest_channels(peer: str, channels: Sequence[int], c: int) -> tuple[int, str]:
+    """``(width, where)``: the fewest channels every pixel's features pass through in ``peer``'s decoder, on an
+    encoder with smp's 6-entry ``channels`` and decoder width ``c`` (stride-1 input first; 0 for strides it does
+    not read): U-Net's last block (c/16), FPN's pyramid and segmentation widths, DeepLabV3+'s ASPP and its 48
+    stride-4 channels, PAN's c, Linknet's blocks (a quarter of each block's input) and its c before the head."""
+    _check_peer(peer)
+    if peer == "unet":
+        return max(1, c // 16), f"its last block (c/16, c = {c})"
+    if peer == "fpn":
+        seg = 32 * max(2, -(-c // 64))
+        return min(c, seg), f"its pyramid ({c}) and segmentation ({seg}) channels"
+    if peer == "deeplabv3plus":
+        return min(c, 48), f"its ASPP ({c}) and stride-4 projection (48) channels"
+    if peer == "pan":
+        return c, f"its width (c = {c})"
+    ins = [ch for ch in reversed(channels[1:])]  # block inputs, deepest first (smp's LinknetDecoder)
+    ins = [ch or ins[i - 1] for i, ch in enumerate(ins)]
+    width, i = min((ch // 4, i) for i, ch in enumerate(ins))
+    if c < width:
+        return c, f"its {c} channels before the head"
+    return width, (f"its block {i + 1} of 5, which takes the stride-{2 ** (5 - i)} features' {ins[i]} channels to "
+                   f"a quarter")
 
 
 class _FitPyramid(nn.Module):
@@ -172,6 +203,14 @@ class SMPNetwork(nn.Module):
         channels = [encoder.in_channels] + [0 if i is None else encoder.feature_info[i].channels
                                             for i in self.stage_index]
         self.decoder, out_channels, kernel = _decoder(peer, channels, c, self.multiple)
+        width, where = narrowest_channels(peer, channels, c)
+        if 2 * width < num_classes:
+            import warnings
+            fix = (f"a backbone with at least {4 * -(-num_classes // 2)} channels at stride 2 (Linknet's blocks keep a "
+                   "quarter of their input)" if peer == "linknet" and width < c else "a wider decoder (--head-channels)")
+            warnings.warn(f"smp-{peer} on backbone {encoder.name!r} narrows to {width} channels ({where}), fewer "
+                          f"than half its {num_classes} classes: it may find objects but hardly tell the classes "
+                          f"apart; use {fix}", UserWarning, stacklevel=2)
         from segmentation_models_pytorch.base import SegmentationHead
         from segmentation_models_pytorch.base import initialization
 

@@ -184,3 +184,41 @@ def test_decoder_fps_times_the_peers_as_rows(tmp_path):
     timed = {r["network"] for r in result["rows"] if r["fps"] > 0}
     assert {f"smp-{p}" for p in PEERS} <= timed
     assert {c["network"] for c in result["costs"]} >= {f"smp-{p}" for p in PEERS}
+
+
+@needs_smp
+@pytest.mark.parametrize("peer", ["unet", "fpn", "linknet"])
+@pytest.mark.parametrize("backbone,kwargs", [("convnet", {"widths": [16, 32, 48, 64, 96]}), ("mobilenet_v2", {})])
+def test_the_narrowest_width_is_the_narrowest_convolution_of_the_built_decoder(peer, backbone, kwargs):
+    """U-Net, FPN and Linknet have no attention maps or depthwise layers: their narrowest convolution is the width
+    every pixel's features pass through, and narrowest_channels must name it without building the network."""
+    import warnings
+
+    from nni_sparsemask.baselines.smp_peers import build_smp_network, narrowest_channels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = build_smp_network(peer, backbone, 21, backbone_kwargs=kwargs)
+    channels = [3] + [0 if i is None else net.encoder.feature_info[i].channels for i in net.stage_index]
+    convs = [m.out_channels for m in net.decoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    width, _ = narrowest_channels(peer, channels, net.decoder_channels)
+    assert width == min(convs)
+    assert width == {"unet": 16, "fpn": 128, "linknet": 4}[peer]  # 16 channels at stride 2 on both encoders
+
+
+@needs_smp
+def test_a_peer_narrower_than_half_its_classes_warns_with_what_to_change():
+    from nni_sparsemask.baselines.smp_peers import build_smp_network
+
+    demo = {"widths": [16, 32, 48, 64, 96]}
+    with pytest.warns(UserWarning, match=r"smp-linknet on backbone 'convnet' narrows to 4 channels \(its block 5 of "
+                                         r"5, .*stride-2 features' 16 channels.*fewer than half its 11 classes.*at "
+                                         r"least 24 channels at stride 2"):
+        build_smp_network("linknet", "convnet", 11, backbone_kwargs=demo)
+    with pytest.warns(UserWarning, match=r"smp-pan .* narrows to 4 channels .*--head-channels"):
+        build_smp_network("pan", "convnet", 11, 4, backbone_kwargs=demo)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # smp's U-Net at its default width on VOC's classes, and Linknet with 3
+        build_smp_network("unet", "mobilenet_v2", 21)
+        build_smp_network("linknet", "convnet", 3, backbone_kwargs=demo)
