@@ -101,8 +101,12 @@ def test_python_api_defaults_are_the_configs():
 
     train = TrainConfig()
     seg = SegmentationTrainConfig()
-    assert (seg.learning_rate, seg.decoder_lr_mult, seg.weight_decay, seg.seed) == \
-        (train.learning_rate, train.decoder_lr_mult, train.weight_decay, train.seed)
+    assert (seg.learning_rate, seg.weight_decay, seg.seed) == (train.learning_rate, train.weight_decay, train.seed)
+    from nni_sparsemask.run.config import PAPER_DECODER_LR_MULT
+    from nni_sparsemask.run.registry import DECODERS
+    # a retraining takes its decoder's multiplier (None); the module's default is the paper's, as the FDN's
+    assert train.decoder_lr_mult is None
+    assert seg.decoder_lr_mult == PAPER_DECODER_LR_MULT == DECODERS["fdn"].decoder_lr_mult
     for fn in (SegmentationModule, Segmentation):  # traced classes: their signature is the constructor's
         params = inspect.signature(fn).parameters
         for name in ("learning_rate", "decoder_lr_mult", "momentum", "weight_decay", "poly_power", "seed"):

@@ -53,6 +53,8 @@ def test_model_and_train_config_errors():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="decoder_lr_mult"):
+        TrainConfig(decoder_lr_mult=0.0)
 
 
 def test_voc_loaders_fail_with_the_expected_layout(tmp_path):

@@ -82,7 +82,8 @@ def _print_metrics(title: str, m: dict) -> None:
 def _retrain(args) -> int:
     from nni_sparsemask.run.steps import run_retrain
 
-    train = configs().TrainConfig(epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
+    train = configs().TrainConfig(epochs=args.epochs, learning_rate=args.lr, decoder_lr_mult=args.decoder_lr_mult,
+                                  seed=args.seed)
     m = run_retrain(args.out, data_config(args), model_config(args), train, connectivity=args.connectivity,
                     decoder=args.decoder, head_channels=args.head_channels, fps_size=args.fps_size,
                     fps_batch=args.fps_batch, overwrite=args.overwrite, resume=args.resume,
@@ -196,7 +197,10 @@ def _add_retrain_command(sub: Any) -> None:
                    help="width of a decoder with a head of its own (deeplabv3's ASPP, an smp peer's decoder "
                         "channels); default: its published width (deeplabv3, smp-unet/fpn/deeplabv3plus 256, "
                         "smp-pan/linknet 32); the FDN space's width is C_dec, not this one")
-    add_schedule(p, configs().TrainConfig)
+    add_schedule(p, configs().TrainConfig, "encoder learning rate (the decoder's: times its multiplier, below)")
+    p.add_argument("--decoder-lr-mult", type=float, default=None,
+                   help="decoder learning rate / encoder learning rate; default: the decoder's own, the paper's 10, "
+                        "and 1 for the smp peers (they did not learn DigitScenes at 10)")
     add_data(p)
     add_model(p)
     add_fps(p)

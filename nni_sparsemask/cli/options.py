@@ -75,10 +75,11 @@ def add_run(p: argparse.ArgumentParser, resume: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def add_schedule(p: argparse.ArgumentParser, schedule: Any) -> None:
+def add_schedule(p: argparse.ArgumentParser, schedule: Any, lr_help: str = "encoder learning rate (decoder x10)"
+                 ) -> None:
     """``--epochs``, ``--lr`` and ``--seed`` with the defaults of ``schedule`` (SearchConfig or TrainConfig)."""
     p.add_argument("--epochs", type=int, default=schedule.epochs, help="passes over the training set")
-    p.add_argument("--lr", type=float, default=schedule.learning_rate, help="encoder learning rate (decoder x10)")
+    p.add_argument("--lr", type=float, default=schedule.learning_rate, help=lr_help)
     p.add_argument("--seed", type=int, default=configs().TrainConfig.seed,
                    help="seeds the data, the initial weights and every epoch")
 

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from nni_sparsemask.data.digitscenes import DigitScenes
 from nni_sparsemask.measure.segmentation import SegmentationMetrics
-from nni_sparsemask.run.config import TrainConfig
+from nni_sparsemask.run.config import PAPER_DECODER_LR_MULT, TrainConfig
 from nni_sparsemask.run.distributed import ShardedEpochShuffle
 from nni_sparsemask.run.tasks import TaskMetrics, check_task_name, foreground_iou, task_info, task_loss
 from nni_sparsemask.seeding import seed_epoch
@@ -151,7 +151,7 @@ class SegmentationTrainConfig:
 
     num_classes: int = 11
     learning_rate: float = TrainConfig.learning_rate
-    decoder_lr_mult: float = TrainConfig.decoder_lr_mult
+    decoder_lr_mult: float = PAPER_DECODER_LR_MULT
     momentum: float = 0.9
     weight_decay: float = TrainConfig.weight_decay
     poly_power: float = 0.9

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nni_sparsemask.fdn.connectivity import Connectivity
-from nni_sparsemask.run.config import PRETRAINED, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from nni_sparsemask.run.config import PAPER_DECODER_LR_MULT, PRETRAINED, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from nni_sparsemask.run.rundir import RunDir
 from nni_sparsemask.run.distributed import DEFAULT_DEVICES, DEFAULT_DIST_STRATEGY, ShardedEpochShuffle
 
@@ -304,7 +304,8 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
                   progress: bool = True, accelerator: str = "auto", report_to_nni: bool = False,
                   devices: int = DEFAULT_DEVICES, dist_strategy: str = DEFAULT_DIST_STRATEGY
                   ) -> tuple[nn.Module, list[dict[str, Any]], float]:
-    """Train ``net`` with L_task (SGD, poly decay, decoder lr x10); checkpoint every epoch into ``run``.
+    """Train ``net`` with L_task (SGD, poly decay, decoder lr x ``train.decoder_lr_mult``; None: the paper's 10,
+    :func:`~nni_sparsemask.run.steps.run_retrain` sets a decoder's own first); checkpoint every epoch into ``run``.
 
     With ``resume`` and a ``checkpoints/last.ckpt`` in ``run``, training continues from it; ``report_to_nni``
     sends every epoch's val mIoU to NNI (an ``nnictl`` trial) as intermediate results. ``devices`` /
@@ -322,7 +323,8 @@ def train_network(net: nn.Module, run: RunDir, train: TrainConfig, data: DataCon
     last = run.checkpoints / "last.ckpt"
     resume_from = check_checkpoint(last) if resume and last.is_file() else None  # a broken one: one line, now
     module = SegmentationModule(num_classes=data.num_classes, task=data.task, learning_rate=train.learning_rate,
-                                decoder_lr_mult=train.decoder_lr_mult, weight_decay=train.weight_decay,
+                                decoder_lr_mult=PAPER_DECODER_LR_MULT if train.decoder_lr_mult is None
+                                else train.decoder_lr_mult, weight_decay=train.weight_decay,
                                 seed=train.seed)
     module.set_model(net)
     module.report_to_nni = report_to_nni

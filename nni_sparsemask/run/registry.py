@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
 
 from nni_sparsemask.nas.config import SparseMaskConfig
+from nni_sparsemask.run.config import PAPER_DECODER_LR_MULT
 
 if TYPE_CHECKING:  # annotations only: reading the registry (the CLI's --help) imports no torch
     from nni_sparsemask.fdn.backbones import FeatureInfo
@@ -78,7 +79,8 @@ class DecoderEntry:
     """A decoder: ``connectivity`` builds a Connectivity of the FDN space (None for a head of its own: DeepLabV3,
     the smp peers). A head of its own has ``build(backbone, num_classes, channels, backbone_kwargs,
     backbone_weights) -> nn.Module`` and ``check(backbone, feature_info)``, which refuses a backbone it cannot take
-    (checked before a run writes anything)."""
+    (checked before a run writes anything). ``decoder_lr_mult`` is its learning rate over the encoder's when a
+    training does not set one (``TrainConfig.decoder_lr_mult`` None)."""
 
     name: str
     description: str
@@ -86,6 +88,7 @@ class DecoderEntry:
     default_channels: int = 64
     build: Callable[..., Any] | None = None
     check: Callable[..., None] | None = None
+    decoder_lr_mult: float = PAPER_DECODER_LR_MULT
 
     @property
     def in_fdn_space(self) -> bool:
@@ -122,6 +125,9 @@ def _smp_peer(peer: str) -> tuple[Callable[..., Any], Callable[..., None]]:
     return build, check
 
 
+#: the smp peers' decoder learning rate over the encoder's: at the paper's 10x (decoder lr 0.2) smp's FPN, PAN and
+#: Linknet did not learn DigitScenes; at 1x PAN went from 11.5 to 52.7 mIoU (``benchmarks/RESULTS.md``)
+SMP_DECODER_LR_MULT = 1.0
 #: smp peer -> (description, smp's default width)
 _SMP_PEERS = {"unet": ("U-Net", 256), "fpn": ("FPN", 256), "deeplabv3plus": ("DeepLabV3+", 256),
               "pan": ("PAN", 32), "linknet": ("Linknet", 32)}
@@ -143,7 +149,7 @@ def _decoders() -> Registry[DecoderEntry]:
         build, check = _smp_peer(peer)
         reg.register(f"smp-{peer}", DecoderEntry(
             f"smp-{peer}", f"{label} of segmentation_models_pytorch on the backbone's stages (extra: peers)", None,
-            default_channels=channels, build=build, check=check))
+            default_channels=channels, build=build, check=check, decoder_lr_mult=SMP_DECODER_LR_MULT))
     return reg
 
 

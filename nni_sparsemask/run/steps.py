@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from nni_sparsemask.fdn.connectivity import Connectivity
-from nni_sparsemask.run.config import (SEARCH_LEGACY, DataConfig, EvalConfig, ModelConfig, SearchConfig, TrainConfig,
-                                       config_from_dict)
+from nni_sparsemask.run.config import (PAPER_DECODER_LR_MULT, SEARCH_LEGACY, DataConfig, EvalConfig, ModelConfig,
+                                       SearchConfig, TrainConfig, config_from_dict)
 from nni_sparsemask.run.distributed import DEFAULT_DEVICES, DEFAULT_DIST_STRATEGY, check_dist
 from nni_sparsemask.run.pipeline import (build_network, check_connectivity, check_eval_device, check_inputs,
                                          evaluate_network, head_width, load_weights, make_loaders,
@@ -225,6 +225,8 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
     """Train a fixed decoder (a searched ``connectivity.json`` or a hand-designed ``decoder``) with L_task only,
     evaluate it, and write ``metrics.json`` (the row Table 1 and Fig. 4 read).
 
+    ``train.decoder_lr_mult`` None takes the decoder's own (the paper's 10; the smp peers' 1), and ``config.json``
+    records the one used.
     ``head_channels``: the width of a ``decoder`` with a head of its own (default: its published width; C_dec,
     ``model.decoder_channels``, is the FDN space's). ``method`` / ``params`` name the run in the results (default: the search's, from the connectivity's meta, or
     the decoder's name); ``report_to_nni`` sends every epoch's val mIoU to NNI (inside an nnictl trial).
@@ -248,6 +250,9 @@ def run_retrain(out: str | Path, data: DataConfig, model: ModelConfig, train: Tr
                              f"smp-*), not of {decoder or 'a searched connectivity'}: its width is --decoder-channels")
         if isinstance(head_channels, bool) or not isinstance(head_channels, int) or head_channels < 1:
             raise ValueError(f"--head-channels must be an integer >= 1, got {head_channels!r}")
+    if train.decoder_lr_mult is None:
+        train = dataclasses.replace(train, decoder_lr_mult=DECODERS.get(decoder).decoder_lr_mult if decoder
+                                    else PAPER_DECODER_LR_MULT)
     EvalConfig(fps_size=fps_size, fps_batch=fps_batch, fps_seconds=fps_seconds)  # checked before training
     check_inputs(data, model, decoder)
     check_dist(devices, dist_strategy, accelerator)
