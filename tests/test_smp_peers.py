@@ -116,7 +116,7 @@ def test_retrain_smp_fpn_end_to_end_and_evaluate_again(tmp_path, capsys, isolate
     assert json.loads((run / "config.json").read_text())["head_channels"] == 8
     assert main(["evaluate", str(run), "--fps-size", "32", "--device", "cpu", "--no-progress"]) == 0
     assert (run / "evaluate.json").is_file()
-    # an smp decoder trains at the encoder's learning rate (1x), recorded, and what the optimizer got
+    # smp FPN trains at the encoder's learning rate (1x), recorded, and what the optimizer got
     assert json.loads((run / "config.json").read_text())["train"]["decoder_lr_mult"] == 1.0
     assert _initial_lrs(run) == {"encoder": 0.02, "decoder": 0.02}
 
@@ -127,11 +127,11 @@ def _initial_lrs(run):
 
 
 @pytest.mark.parametrize("decoder,given,used", [("fcn", None, 10.0), ("smp-pan", None, 1.0), ("smp-pan", 3.0, 3.0),
-                                                ("fcn", 1.0, 1.0)])
+                                                ("smp-deeplabv3plus", None, 10.0), ("fcn", 1.0, 1.0)])
 def test_the_decoder_learning_rate_is_the_decoders_own_unless_given(tmp_path, capsys, isolated_cache, decoder, given,
                                                                     used):
-    """The paper's 10x for the FDN space's decoders, 1x for the smp peers (they did not learn at 10x), and
-    --decoder-lr-mult over either; config.json records the multiplier the optimizer got."""
+    """The paper's 10x for the FDN space's decoders, each smp peer's own (1x for PAN, which did not learn at 10x;
+    10x for DeepLabV3+), and --decoder-lr-mult over either; config.json records the multiplier the optimizer got."""
     if decoder.startswith("smp-") and find_spec("segmentation_models_pytorch") is None:
         pytest.skip("segmentation-models-pytorch is not installed")
     from nni_sparsemask.cli import main

@@ -131,8 +131,8 @@ class TrainConfig:
             the DigitScenes runs were measured with).
         decoder_lr_mult: decoder learning rate / encoder learning rate; None: the decoder's own
             (``DecoderEntry.decoder_lr_mult``): the paper's 10 for the FDN space's decoders, searched or
-            hand-designed, and DeepLabV3; 1 for the segmentation_models_pytorch peers, whose decoders did not learn
-            at 10x on DigitScenes (smp FPN 16.1 mIoU at 10x, PAN 11.5; at 1x: ``benchmarks/RESULTS.md``).
+            hand-designed, and DeepLabV3; per peer for the segmentation_models_pytorch decoders, several of which
+            did not learn DigitScenes at 10x (smp FPN 16.1 mIoU at 10x, 54.5 at 1x; ``benchmarks/RESULTS.md``).
         weight_decay: SGD weight decay (paper: 4e-5).
         seed: seeds the network's initial weights and every epoch (batch order, augmentation).
     """
