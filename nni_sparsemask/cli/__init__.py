@@ -200,7 +200,7 @@ def _add_retrain_command(sub: Any) -> None:
     add_schedule(p, configs().TrainConfig, "encoder learning rate (the decoder's: times its multiplier, below)")
     p.add_argument("--decoder-lr-mult", type=float, default=None,
                    help="decoder learning rate / encoder learning rate; default: the decoder's own, the paper's 10, "
-                        "and 1 for smp-unet/fpn/pan/linknet (they did not learn DigitScenes at 10)")
+                        "and 1 for smp-unet/fpn/pan (they did not learn DigitScenes at 10)")
     add_data(p)
     add_model(p)
     add_fps(p)
