@@ -198,9 +198,8 @@ def _add_retrain_command(sub: Any) -> None:
                         "channels); default: its published width (deeplabv3, smp-unet/fpn/deeplabv3plus 256, "
                         "smp-pan/linknet 32); the FDN space's width is C_dec, not this one")
     add_schedule(p, configs().TrainConfig, "encoder learning rate (the decoder's: times its multiplier, below)")
-    p.add_argument("--decoder-lr-mult", type=float, default=None,
-                   help="decoder learning rate / encoder learning rate; default: the decoder's own, the paper's 10, "
-                        "and 1 for smp-unet/fpn/pan (they did not learn DigitScenes at 10)")
+    p.add_argument("--decoder-lr-mult", type=float, help="decoder learning rate / encoder learning rate; default: "
+                   "the decoder's own, the paper's 10, and 1 for smp-unet/fpn/pan (they did not learn at 10)")
     add_data(p)
     add_model(p)
     add_fps(p)
