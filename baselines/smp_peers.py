@@ -123,7 +123,7 @@ def narrowest_channels(peer: str, channels: Sequence[int], c: int) -> tuple[int,
         return min(c, 48), f"its ASPP ({c}) and stride-4 projection (48) channels"
     if peer == "pan":
         return c, f"its width (c = {c})"
-    ins = [ch for ch in reversed(channels[1:])]  # block inputs, deepest first (smp's LinknetDecoder)
+    ins = list(reversed(channels[1:]))  # block inputs, deepest first (smp's LinknetDecoder)
     ins = [ch or ins[i - 1] for i, ch in enumerate(ins)]
     width, i = min((ch // 4, i) for i, ch in enumerate(ins))
     if c < width:

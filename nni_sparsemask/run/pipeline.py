@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from nni_sparsemask.fdn.connectivity import Connectivity
-from nni_sparsemask.run.config import PAPER_DECODER_LR_MULT, PRETRAINED, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from nni_sparsemask.run.config import (PAPER_DECODER_LR_MULT, PRETRAINED, DataConfig, EvalConfig, ModelConfig,
+                                       TrainConfig)
 from nni_sparsemask.run.rundir import RunDir
 from nni_sparsemask.run.distributed import DEFAULT_DEVICES, DEFAULT_DIST_STRATEGY, ShardedEpochShuffle
 

@@ -127,8 +127,9 @@ def _smp_peer(peer: str) -> tuple[Callable[..., Any], Callable[..., None]]:
 
 #: smp peer -> (description, smp's default width, decoder learning rate over the encoder's). The multiplier is the
 #: paper's 10x unless 1x did better at the demo's settings (``benchmarks/RESULTS.md``, "smp peers"): at 10x
-#: (decoder lr 0.2) FPN reached 16.1 mIoU and PAN 11.5, at 1x 54.5 and 52.7; DeepLabV3+ 52.2 at 10x, 45.0 at 1x;
-#: Linknet learnt at neither (11.3, 10.4: its 4-channel block on this encoder, see ``narrowest_channels``)
+#: (decoder lr 0.2) U-Net reached 31.4 mIoU, FPN 16.1 and PAN 11.5, at 1x 36.5, 54.5 and 52.7; DeepLabV3+ 52.2 at
+#: 10x, 45.0 at 1x; Linknet learnt at neither (11.3, 10.4: its 4-channel block on this encoder, see
+#: ``narrowest_channels``)
 _SMP_PEERS = {"unet": ("U-Net", 256, 1.0), "fpn": ("FPN", 256, 1.0), "deeplabv3plus": ("DeepLabV3+", 256, 10.0),
               "pan": ("PAN", 32, 1.0), "linknet": ("Linknet", 32, 10.0)}
 
