@@ -67,7 +67,7 @@ def networks(backbone, kwargs, n_random, seed):
 def main(argv=None) -> dict:
     from nni_sparsemask.fdn.pruned import build_pruned
     from nni_sparsemask.measure.fps import measure_fps
-    from nni_sparsemask.measure.latency import device_name, profile_space
+    from nni_sparsemask.measure.latency import profile_space
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default=DEMO["backbone"])

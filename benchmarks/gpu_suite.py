@@ -184,7 +184,6 @@ def table1_cells(nets: dict[str, tuple[str, torch.nn.Module]], cfg: dict, device
         cell(key, "fp32 CL", lambda: fps(lambda: last(xcl)))
         cell(key, "AMP", lambda: fps(lambda: _in(amp, plain, x)))
         cell(key, "AMP CL", lambda: fps(lambda: _in(amp, last, xcl)))
-        del plain
     return cells, forms, amp_dtype
 
 

@@ -17,14 +17,13 @@ matches, and trains it otherwise; ``sparsemask pretrain`` reproduces it from its
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
