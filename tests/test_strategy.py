@@ -17,6 +17,7 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 
+from nni_sparsemask.nas.binarization import describe_binarization
 from nni_sparsemask.nas.recipe import ARCH_GROUP
 from nni_sparsemask.nas.searchdir import CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE
 from nni_sparsemask.nas.strategy import SparseMask, SparseMaskLightningModule, binarization_report
@@ -138,6 +139,19 @@ def test_binarization_report_counts_exact_zeros():
     assert r["b"]["gap"] == float("inf")  # only exact zeros dropped
     assert r["overall"]["n"] == 7 and r["overall"]["n_kept"] == 3
     assert r["overall"]["undecided_fraction"] == pytest.approx(2 / 7)
+
+
+def test_the_printed_binarisation_names_the_undecided_w_beside_the_gap():
+    # the cost-aware demo's D1 at C_dec 64: a gap of 1000x, and no w near 1
+    r = binarization_report({"D1": [0.237, 2.22e-4, 0.0, 0.232, 0.35]}, threshold=1e-3)["overall"]
+    assert describe_binarization(r) == ("gap 1045x (lowest kept w 0.232, highest dropped 0.000222); 60% of w "
+                                        "undecided, in (sigma, 0.999)")
+    r = binarization_report({"a": [1.0, 0.0, 1.0], "b": [0.0, 0.5]}, threshold=1e-3)["overall"]
+    assert describe_binarization(r) == ("gap inf (every dropped w is 0; the lowest kept 0.5); 20% of w undecided, "
+                                        "in (sigma, 0.999)")
+    r = binarization_report({"a": [0.02, 5e-3]}, threshold=1e-2)["overall"]
+    assert describe_binarization(r).startswith("gap 4.00x (lowest kept w 0.02, highest dropped 0.005)")
+    assert describe_binarization(None) == "-"
 
 
 # ---- the regulariser of Eq. 3 ------------------------------------------------------------------------------

@@ -49,8 +49,9 @@ def _search(args) -> int:
                          overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
                          **dist_settings(args))
     edges = summary.get("edges")
-    print(f"[search] {args.strategy}: kept edges {edges}; binarisation gap {summary.get('binarization_gap', '-')}; "
-          f"{args.out}/connectivity.json")
+    from nni_sparsemask.nas.binarization import describe_binarization
+    gap = describe_binarization(summary.get("binarization"))
+    print(f"[search] {args.strategy}: kept edges {edges}; binarisation {gap}; {args.out}/connectivity.json")
     return 0
 
 

@@ -198,14 +198,15 @@ def _note(cfg: DemoConfig, side: dict[str, Any], fps_form: str) -> str:
 def _finish(run: RunDir, rows: list[dict[str, Any]], note: str, search: dict[str, Any], side: dict[str, Any],
             seconds: dict[str, float], log: Callable[[str], None]) -> dict[str, Any]:
     """Print the table and the search's outcome, write ``demo.json`` and ``table.md``; returns the summary."""
+    from nni_sparsemask.nas.binarization import describe_binarization
     from nni_sparsemask.run.steps import format_iou
 
     table = demo_table(rows)
     log("\n" + table + "\n" + note)
     for r in rows:
         log(f"  {r['name']} per-class IoU: {format_iou(r['iou'])}")
-    gap = search.get("binarization_gap")
-    log(f"SparseMask search kept {search.get('edges')} edges; binarisation gap {gap}; heatmap of the final w: "
+    gap = describe_binarization(search.get("binarization"))
+    log(f"SparseMask search kept {search.get('edges')} edges; binarisation {gap}; heatmap of the final w: "
         f"{run.file('w_heatmap.png')}")
     log(f"demo time: {seconds['total']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items() if k != 'total')})")
     summary = {"rows": rows, "seconds": seconds, "fps_passes": side["rounds"],
