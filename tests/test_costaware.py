@@ -96,6 +96,10 @@ def test_cost_term_moves_the_search_off_an_expensive_input():
     ({"cost": "latency", "target_fps": 0.0}, "target_fps must be a finite number > 0"),
     ({"cost": "latency", "target_fps": -5.0}, "target_fps must be a finite number > 0"),
     ({"cost": "flops", "budget": 1.0}, "budget is a fraction"),
+    ({"cost": "latency", "speedup": 1.0}, r"speedup is a multiple of the dense FDN's speed, above 1; got 1.0"),
+    ({"cost": "bytes", "speedup": -2.0}, "speedup must be a finite number > 0"),
+    ({"cost": "latency", "speedup": 2.0, "budget": 0.5}, "exactly one of a target FPS"),
+    ({"speedup": 2.0}, "need a cost"),
     ({"budget": 0.5}, "need a cost"),
     ({"cost_table": "t.json"}, "need a cost"),
     ({"epochs": 4, "arc_warmup_epochs": 4}, r"arc_warmup_epochs must be an integer in \[0, epochs\) = \[0, 4\)"),
@@ -118,6 +122,24 @@ def test_a_target_above_fcn_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"above what the fastest decoder of this space reaches: FCN is predicted"):
         _search(tmp_path, "run", cost="latency", target_fps=1e9)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_speedup_fcn_does_not_reach_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"--speedup 50 is not below what the fastest decoder of this space reaches: "
+                                         r"FCN is predicted at [0-9.]+x the dense FDN \(flops at 32px"):
+        _search(tmp_path, "run", cost="flops", speedup=50.0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_speedup_target_sets_the_decoder_budget_from_the_dense_fdn(tmp_path):
+    # whole network at dense / S: the decoder gets dense / S - base, and the summary says the searched speed-up
+    summary = _search(tmp_path, "run", cost="flops", speedup=1.05)
+    cost = summary["cost"]
+    dense, base = cost["predicted"]["dense"], cost["predicted"]["base"]
+    assert cost["speedup"] == 1.05
+    assert cost["decoder_budget"] == pytest.approx(dense / 1.05 - base)
+    assert cost["searched_speedup"] == pytest.approx(dense / cost["searched"])
+    assert (tmp_path / "run" / "config.json").is_file()
 
 
 def test_a_table_made_for_another_size_is_refused(tmp_path):

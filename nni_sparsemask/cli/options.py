@@ -108,7 +108,7 @@ def add_arc(p: argparse.ArgumentParser, defaults: Any) -> None:
 
 
 def add_cost(p: argparse.ArgumentParser, defaults: Any, size: bool = True) -> None:
-    """The cost-aware search: ``--cost``, ``--target-fps``, ``--budget``, ``--cost-weight`` (and ``--cost-size``,
+    """The cost-aware search: ``--cost``, ``--target-fps``, ``--budget``, ``--speedup``, ``--cost-weight`` (and ``--cost-size``,
     ``--cost-table`` when ``size``)."""
     c = configs()
     p.add_argument("--cost", choices=c.COSTS, default=defaults.cost,
@@ -117,6 +117,9 @@ def add_cost(p: argparse.ArgumentParser, defaults: Any, size: bool = True) -> No
                    help="latency cost only: the whole network's target FPS (at the cost size)")
     p.add_argument("--budget", type=float, default=defaults.budget,
                    help="decoder cost budget as a fraction of the dense decoder's (instead of a target FPS)")
+    p.add_argument("--speedup", type=float, default=defaults.speedup,
+                   help="whole-network target as a multiple of the dense FDN's predicted speed, e.g. 2.2 (instead "
+                        "of a target FPS or a budget)")
     p.add_argument("--cost-weight", type=float, default=defaults.cost_weight,
                    help="mu of the cost term mu * max(0, E[cost] / budget - 1)")
     if size:
@@ -126,7 +129,8 @@ def add_cost(p: argparse.ArgumentParser, defaults: Any, size: bool = True) -> No
 
 
 def cost_settings(args) -> dict[str, Any]:
-    out = {"cost": args.cost, "target_fps": args.target_fps, "budget": args.budget, "cost_weight": args.cost_weight}
+    out = {"cost": args.cost, "target_fps": args.target_fps, "budget": args.budget, "speedup": args.speedup,
+           "cost_weight": args.cost_weight}
     if hasattr(args, "cost_size"):
         out.update(cost_size=args.cost_size, cost_table=args.cost_table)
     return out

@@ -236,6 +236,9 @@ class SearchConfig:
             ``flops`` (counted), or None (the paper's loss only).
         target_fps: with ``cost='latency'``: the whole network's target FPS at ``cost_size``.
         budget: the decoder's cost budget as a fraction of the dense decoder's (any ``cost``).
+        speedup: the whole network's target as a multiple of the dense FDN's predicted speed (any ``cost``; with
+            ``latency``, a target FPS relative to the dense FDN's on the same device, which holds from one day's
+            timing to the next where an FPS in absolute terms does not).
         cost_weight: mu of the cost term ``mu * max(0, E[cost] / budget - 1)``.
         cost_size: input side the costs are profiled at (the FPS side).
         cost_table: a cost table file (``sparsemask profile``) instead of profiling; refused when made for
@@ -253,6 +256,7 @@ class SearchConfig:
     cost: Optional[str] = None
     target_fps: Optional[float] = None
     budget: Optional[float] = None
+    speedup: Optional[float] = None
     cost_weight: float = 1.0
     cost_size: int = 512
     cost_table: Optional[str] = None
@@ -284,15 +288,16 @@ class SearchConfig:
 
     def _check_cost(self) -> None:
         if self.cost is None:
-            given = [n for n in ("target_fps", "budget", "cost_table") if getattr(self, n) is not None]
+            given = [n for n in ("target_fps", "budget", "speedup", "cost_table") if getattr(self, n) is not None]
             if given:
                 raise ValueError(f"search {', '.join(given)} need a cost (--cost {'|'.join(COSTS)})")
             return
         if self.cost not in COSTS:
             raise ValueError(f"unknown search cost {self.cost!r}; use one of {', '.join(COSTS)}")
-        if (self.target_fps is None) == (self.budget is None):
-            raise ValueError("a cost-aware search needs exactly one of a target FPS (--target-fps, with --cost latency) "
-                             "and a budget (--budget, a fraction of the dense decoder's cost)")
+        if sum(getattr(self, n) is not None for n in ("target_fps", "budget", "speedup")) != 1:
+            raise ValueError("a cost-aware search needs exactly one of a target FPS (--target-fps, with --cost "
+                             "latency), a budget (--budget, a fraction of the dense decoder's cost) and a speed-up "
+                             "over the dense FDN (--speedup)")
         if self.target_fps is not None:
             if self.cost != "latency":
                 raise ValueError(f"--target-fps is a latency target; with --cost {self.cost} give --budget (a fraction "
@@ -303,6 +308,11 @@ class SearchConfig:
             if self.budget >= 1:
                 raise ValueError(f"search budget is a fraction of the dense decoder's cost, in (0, 1); got "
                                  f"{self.budget!r} (1 or more would let the dense decoder through)")
+        if self.speedup is not None:
+            _positive_number("search", "speedup", self.speedup)
+            if self.speedup <= 1:
+                raise ValueError(f"search speedup is a multiple of the dense FDN's speed, above 1; got "
+                                 f"{self.speedup!r} (the dense FDN already runs at 1x)")
         _positive_number("search", "cost_weight", self.cost_weight)
         _positive_int("search", "cost_size", self.cost_size)
 
@@ -320,7 +330,7 @@ class SearchConfig:
 #: SearchConfig settings added after the first release, with what searches written before them did (Adam on w,
 #: no noise, no weight decay, BN trained, no cost term): a resumed old run directory compares with these
 SEARCH_LEGACY: dict[str, Any] = {"arc_optimizer": "adam", "arc_noise": 0.0, "arc_weight_decay": 0.0,
-                                 "freeze_bn": False, "cost": None, "target_fps": None, "budget": None,
+                                 "freeze_bn": False, "cost": None, "target_fps": None, "budget": None, "speedup": None,
                                  "cost_weight": 1.0, "cost_size": 512, "cost_table": None, "arc_warmup_epochs": 0}
 
 

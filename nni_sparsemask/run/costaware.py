@@ -8,7 +8,9 @@ source-size group) over a cost table (:mod:`nni_sparsemask.measure.latency`) of 
   and cached under the project's cache, keyed by kind, space, size, device and torch version; ``cost_table``
   gives a file instead (``sparsemask profile`` writes one), refused when it was made for another setting;
 * ``target_fps`` (latency only) is a whole-network target: the decoder's budget is ``1 / F - base`` (encoder and
-  head, the same for every decoder); ``budget`` is a fraction of the dense decoder's cost;
+  head, the same for every decoder); ``speedup`` is a whole-network target relative to the dense FDN: the budget is
+  ``dense / S - base`` (any cost; with latency it is a target FPS that follows the device's speed on the day the
+  table was timed); ``budget`` is a fraction of the dense decoder's cost;
 * a target no decoder of the space can reach is refused: above what FCN (one edge, ``D1 <- E_L``) is predicted to
   reach. A target the dense FDN already meets is allowed; the log says the cost term will not act.
 """
@@ -89,11 +91,23 @@ def cost_term(schedule: SearchConfig, space: Any, device: str, log: Callable[[st
         if schedule.target_fps <= fps["dense"]:
             log("[search] the dense FDN already meets this target: the cost term will not act (the sparse loss "
                 "alone decides)")
+    elif schedule.speedup is not None:
+        fcn_speedup = predicted["dense"] / predicted["fcn"]
+        where = f" on {table.key.device}" if table.key.device else ""
+        if schedule.speedup >= fcn_speedup:
+            raise ValueError(f"--speedup {schedule.speedup:g} is not below what the fastest decoder of this space "
+                             f"reaches: FCN is predicted at {fcn_speedup:.2f}x the dense FDN ({schedule.cost} at "
+                             f"{schedule.cost_size}px{where}); give a speed-up below "
+                             f"{fcn_speedup:.2f}")
+        budget = predicted["dense"] / schedule.speedup - predicted["base"]
+        log(f"[search] cost: {schedule.cost}, target {schedule.speedup:g}x the dense FDN: decoder budget "
+            f"{budget:.4g} {unit} ({budget / decoder_dense:.0%} of the dense decoder's; FCN is predicted at "
+            f"{fcn_speedup:.2f}x)")
     else:
         budget = schedule.budget * decoder_dense
         log(f"[search] cost: {schedule.cost}, decoder budget {schedule.budget:g} x the dense decoder's = "
             f"{budget:.4g} {unit}")
-    summary = {"cost": schedule.cost, "unit": unit, "target_fps": schedule.target_fps,
+    summary = {"cost": schedule.cost, "unit": unit, "target_fps": schedule.target_fps, "speedup": schedule.speedup,
                "budget_fraction": budget / decoder_dense, "decoder_budget": budget, "cost_weight": schedule.cost_weight,
                "predicted": predicted, "table_key": table.key.digest(), "cost_size": schedule.cost_size}
     fn = functools.partial(expected_cost, table=table.costs)

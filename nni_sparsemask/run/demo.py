@@ -50,6 +50,7 @@ class DemoConfig:
     cost: Optional[str] = SearchConfig.cost            # a cost-aware search (costs taken at fps_size)
     target_fps: Optional[float] = SearchConfig.target_fps
     budget: Optional[float] = SearchConfig.budget
+    speedup: Optional[float] = SearchConfig.speedup
     cost_weight: float = SearchConfig.cost_weight
     lambda_sparse: float = SparseMaskConfig.lambda_sparse
     decoder_channels: int = ModelConfig.decoder_channels
@@ -80,7 +81,7 @@ class DemoConfig:
                             arc_optimizer=self.arc_optimizer, arc_learning_rate=self.arc_learning_rate,
                             arc_noise=self.arc_noise, arc_weight_decay=self.arc_weight_decay, freeze_bn=self.freeze_bn,
                             arc_warmup_epochs=self.arc_warmup_epochs,
-                            cost=self.cost, target_fps=self.target_fps, budget=self.budget,
+                            cost=self.cost, target_fps=self.target_fps, budget=self.budget, speedup=self.speedup,
                             cost_weight=self.cost_weight, cost_size=self.fps_size)
 
 

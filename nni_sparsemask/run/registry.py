@@ -296,6 +296,8 @@ _SEARCH = {"cost": Param(str, None, "cost-aware search: latency, bytes or flops"
            "target_fps": Param(float, None, "with cost latency: the network's target FPS", low=0.0, low_open=True),
            "budget": Param(float, None, "the decoder's cost budget, a fraction of the dense decoder's", low=0.0,
                            high=1.0, low_open=True, high_open=True),
+           "speedup": Param(float, None, "the network's target speed, a multiple of the dense FDN's", low=1.0,
+                            low_open=True),
            "cost_weight": Param(float, None, "mu of the cost term (default 1)", low=0.0, low_open=True),
            "arc_warmup_epochs": Param(int, None, "first search epochs with w held (default 0)", low=0)}
 _THRESHOLD = Param(float, SparseMaskConfig.threshold, "sigma: keep edges with w >= threshold", low=0.0, high=1.0, low_open=True,

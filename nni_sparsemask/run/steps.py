@@ -172,12 +172,23 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
     if term is not None:
         summary["cost"] = dict(term.summary, expected_decoder_cost=strat.expected_cost(),
                                searched=term.table.predict(conn, include_base=True))
+        speedup = term.summary["predicted"]["dense"] / summary["cost"]["searched"]
+        summary["cost"]["searched_speedup"] = speedup
         if schedule.cost == "latency":
             fps = 1.0 / summary["cost"]["searched"]
             summary["cost"]["searched_fps"] = fps
-            log(f"[search] the searched decoder is predicted at {fps:.1f} FPS (target {schedule.target_fps or '-'})")
+            log(f"[search] the searched decoder is predicted at {fps:.1f} FPS, {speedup:.2f}x the dense FDN (target "
+                f"{_target(schedule)})")
     _heatmap(full, run.file("w_heatmap.png"), strategy, log)
     return conn, summary
+
+
+def _target(schedule: Any) -> str:
+    if schedule.target_fps is not None:
+        return f"{schedule.target_fps:g} FPS"
+    if schedule.speedup is not None:
+        return f"{schedule.speedup:g}x"
+    return f"decoder <= {schedule.budget:g} x the dense decoder's"
 
 
 # ------------------------------------------------------------------------------------------------ prune
