@@ -358,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_nni()
     with _noting_interrupts():
         try:
+            from nni_sparsemask import malloc
+
+            malloc.tune()  # the command is the program: it picks the allocator (see nni_sparsemask.malloc)
             return args.func(args)
         except (ValueError, FileNotFoundError, FileExistsError) as err:
             if _INTERRUPTED.is_set():

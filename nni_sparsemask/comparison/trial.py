@@ -305,6 +305,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     log = _print_flush
     try:
+        from nni_sparsemask import malloc
+
+        malloc.tune()  # as the sparsemask commands: every trial of a comparison runs with the same allocator
         settings = settings_from_args(args)
         if args.params is not None:
             parameters, inside_nni = _json_arg(args.params, "--params"), False

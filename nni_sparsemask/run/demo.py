@@ -119,7 +119,9 @@ def time_side_by_side(nets: dict[str, Any], size: int, rounds: int = 5, seconds:
             this[name], name_of_device = result.fps, result.device
         passes.append(this)
     best = {name: max(p[name] for p in passes) for name in nets}
-    return {"fps": best, "rounds": passes, "device": name_of_device}
+    from nni_sparsemask import malloc
+
+    return {"fps": best, "rounds": passes, "device": name_of_device, "malloc": malloc.state()}
 
 
 def ratio_over_passes(passes: list[dict[str, float]], name: str, reference: str) -> tuple[float, float, float]:
@@ -188,8 +190,10 @@ def _note(cfg: DemoConfig, side: dict[str, Any], fps_form: str) -> str:
     """How the table was measured (printed under it and written to ``table.md``)."""
     import torch
 
+    from nni_sparsemask import malloc
+
     return (f"FPS: {side['device']}, {cfg.fps_size}x{cfg.fps_size}, batch 1, {torch.get_num_threads()} threads, "
-            f"{fps_form}, measured side by side in {len(side['rounds'])} "
+            f"{fps_form}, malloc {malloc.state()}, measured side by side in {len(side['rounds'])} "
             f"round-robin passes: FPS of the best pass; FPS / dense FDN is the median (range) of the ratio within "
             f"each pass. "
             f"Search {cfg.search_epochs} epochs, every network retrained {cfg.retrain_epochs} epochs on "

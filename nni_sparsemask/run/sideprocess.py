@@ -65,6 +65,9 @@ def _work(jobs: list[tuple[str, dict[str, Any]]], threads: int, log_path: str, c
     sys.stderr.reconfigure(line_buffering=True)
     seconds: dict[str, float] = {}
     try:
+        from nni_sparsemask import malloc
+
+        malloc.tune()  # a spawned interpreter starts with glibc's settings; it runs as the command's own process does
         import torch
 
         torch.set_num_threads(threads)
