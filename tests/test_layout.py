@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = "nni_sparsemask"
 SOURCES = {PKG: ROOT / PKG, f"{PKG}.baselines": ROOT / "baselines", f"{PKG}.analysis": ROOT / "analysis"}
 
-#: layer -> the layers it may import (itself always allowed); "base" is seeding, the checkpoint file checks and the
+#: layer -> the layers it may import (itself always allowed); "base" is seeding, the checkpoint file checks, malloc and the
 #: compat shim
 ALLOWED = {
     "base": set(),
@@ -40,7 +40,7 @@ def layer(module: str) -> str:
     if len(parts) == 1:
         return "package"
     head = parts[1]
-    if head in ("seeding", "_compat", "checkpoint_files"):
+    if head in ("seeding", "_compat", "checkpoint_files", "malloc"):
         return "base"
     return head
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import statistics
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -70,9 +71,11 @@ def time_forward(forward: Callable[[], object], input_size: Union[int, tuple[int
     """Frames per second of ``forward()``, a call that runs one batch of ``(batch_size, in_channels, H, W)``
     already bound to it (a PyTorch module on its input, an ONNX Runtime session on its feed, ...).
 
-    ``warmup`` untimed calls, then ``torch.utils.benchmark.Timer.blocked_autorange`` for at least ``min_run_time``
-    seconds (it synchronises CUDA around each block: the whole device, so work another runtime queued on it is
-    waited for too). ``fps = batch_size / mean seconds per call``. ``num_threads`` (default
+    ``warmup`` untimed calls, then blocks of calls (``torch.utils.benchmark.Timer.timeit``, which synchronises CUDA
+    around each block: the whole device, so work another runtime queued on it is waited for too) until at least
+    ``min_run_time`` seconds are timed. A block is about a tenth of ``min_run_time``, sized from one timed call.
+    (``blocked_autorange`` sized blocks by its overhead estimate instead: a 7 ms network got one block of 1000
+    calls, 7 s for a 1 s request.) ``fps = batch_size / mean seconds per call``. ``num_threads`` (default
     ``torch.get_num_threads()``) is PyTorch's thread count while timing and the count reported; a runtime with a
     thread pool of its own is given it by the caller. ``form`` names what is timed in the result.
     """
@@ -87,11 +90,15 @@ def time_forward(forward: Callable[[], object], input_size: Union[int, tuple[int
         torch.cuda.synchronize(device)
     timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads,
                             label="measure_fps", description=f"{batch_size}x{in_channels}x{h}x{w}")
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    mean = float(m.mean)
-    return FPSResult(fps=batch_size / mean, mean_seconds=mean, median_seconds=float(m.median),
+    one = float(timer.timeit(1).times[0])
+    number = max(1, int(min_run_time / 10 / max(one, 1e-9)))
+    per_call: list[float] = []   # each block's mean seconds per call
+    while len(per_call) * number * statistics.fmean(per_call or [one]) < min_run_time:
+        per_call.append(float(timer.timeit(number).times[0]))
+    mean = statistics.fmean(per_call)
+    return FPSResult(fps=batch_size / mean, mean_seconds=mean, median_seconds=statistics.median(per_call),
                      device=_device_name(device), batch_size=batch_size, input_size=(h, w),
-                     num_threads=threads, num_runs=int(sum(m.number_per_run for _ in m.raw_times)), form=form)
+                     num_threads=threads, num_runs=number * len(per_call), form=form)
 
 
 def measure_fps(model: nn.Module, input_size: Union[int, tuple[int, int]] = (512, 512), batch_size: int = 1,

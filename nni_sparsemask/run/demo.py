@@ -245,20 +245,22 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, overwrite: bool 
     model = ModelConfig(decoder_channels=cfg.decoder_channels)
     train = TrainConfig(epochs=cfg.retrain_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed)
     legacy = {k: SEARCH_LEGACY[k] for k in SEARCH_LEGACY if k in {f.name for f in dataclasses.fields(DemoConfig)}}
+    step = _Steps(log)
+    if cfg.cost is not None:
+        # first: a latency table is timed on an idle machine (right after pre-training, the encoder was once timed
+        # 1.7x slower than alone), and a target no decoder reaches is refused before anything is trained or written
+        step("cost table", lambda: search_cost_term(cfg.search_config(), data, model, accelerator, log))
     run = RunDir(out, {"command": "demo", **dataclasses.asdict(cfg)}, overwrite=overwrite, resume=resume,
                  legacy={"": legacy}, changeable=("baselines",))
     if run.changed:  # only the baselines may change: the new ones are trained, the finished steps are kept
         log(f"resuming {run.path} with the baselines {', '.join(cfg.baselines)}: finished networks are kept, "
             f"missing ones are trained")
-    step = _Steps(log)
     common = dict(resume=resume, progress=progress, log=log, accelerator=accelerator)
     weights = step("pretrain", lambda: resolve_backbone_weights(
         model, data, log, {"num_scenes": cfg.pretrain_scenes, "epochs": cfg.pretrain_epochs, "seed": cfg.seed}, progress))
     model = dataclasses.replace(model, backbone_weights=weights)  # every later step loads this very file
     threads = torch.get_num_threads()
     split = cpu_split(threads, accelerator, torch.cuda.is_available()) if split_cpu else None
-    if split is not None and cfg.cost == "latency":  # timed now, alone and with every thread the FPS table uses
-        step("cost table", lambda: search_cost_term(cfg.search_config(), data, model, accelerator, lambda _: None))
     nets = _networks(run, cfg)
     searched, others = nets[0][1], nets[1:]
     retrain = {sub: dict(out=run.file(sub), data=data, model=model, train=train, fps_size=cfg.fps_size,
