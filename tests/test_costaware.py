@@ -249,3 +249,15 @@ def test_a_search_reads_the_latency_table_of_the_threads_its_network_will_run_wi
     cfg = SearchConfig(epochs=1, learning_rate=0.01, cost_size=32, cost="latency", budget=0.5, cost_table=str(path))
     summary = run_search(tmp_path / "run", "sparsemask", {}, DATA, MODEL, cfg, cost_threads=7, **QUIET)
     assert summary["cost"]["budget_fraction"] == pytest.approx(0.5)
+
+
+def test_the_demo_refuses_an_unreachable_target_before_pretraining_or_writing(tmp_path, monkeypatch, capsys):
+    from nni_sparsemask.cli import main
+
+    monkeypatch.setenv("NNI_SPARSEMASK_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--image-size", "32", "--fps-size", "32", "--decoder-channels", "8",
+            "--cost", "flops", "--speedup", "50", "--no-progress"]
+    assert main(argv) == 2
+    assert "--speedup 50 is not below what the fastest decoder of this space reaches" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "cache" / "backbones").exists()
