@@ -317,6 +317,12 @@ def profile_space(space_or_feature_info: Any, kind: str = "latency", input_size:
         features, _ = encoder.eval()(torch.zeros(1, 3, h, w, device=next(encoder.parameters()).device))
         encoder.train(was_training)
     L = len(features)
+    head_module = _Head(SegmentationHead(c_dec, classes), (h, w))
+
+    def base() -> tuple[float, float]:  # encoder and head: the largest items, the same for every decoder
+        return measure(encoder, (1, 3, h, w)), measure(head_module, (1, c_dec) + tuple(features[0].shape[-2:]))
+
+    first = base()
     sizes = {f"E{l}": tuple(int(v) for v in f.shape[-2:]) for l, f in enumerate(features, start=1)}
     sizes["G"] = (1, 1)
     chans = {f"E{l}": f.channels for l, f in enumerate(encoder.feature_info, start=1)}
@@ -336,8 +342,9 @@ def profile_space(space_or_feature_info: Any, kind: str = "latency", input_size:
     iadd = {size_key(t): once("iadd", _IAdd, (1, c_dec) + t) for _, t in pairs}
     upsample = {f"{size_key(s)}->{size_key(t)}": once(f"up{t}", lambda t=t: _Resize(t), (1, c_dec) + s)
                 for s, t in pairs if s != t and s != (1, 1)}
-    enc = measure(encoder, (1, 3, h, w))
-    head = measure(_Head(SegmentationHead(c_dec, classes), (h, w)), (1, c_dec) + sizes["E1"])
+    # timed again at the end, the lower time kept: a disturbed window at the start once put the encoder at 1.7x
+    # and FCN's predicted speed-up at 1.90x instead of 2.2-2.4x, which refused a reachable --speedup
+    enc, head = (min(a, b) for a, b in zip(first, base())) if timed else first
     costs = DecoderCosts.from_primitives(KINDS[kind], sizes, conv, add, iadd, upsample, base=enc + head)
     primitives = {"conv": conv, "add": add, "iadd": iadd, "upsample": upsample, "encoder": enc, "head": head}
     table = CostTable(key, costs, primitives, {"form": "BN folded, channels_last", "batch_size": 1,
