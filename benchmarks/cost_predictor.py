@@ -94,6 +94,9 @@ def main(argv=None) -> dict:
             setattr(args, k, v)
     kwargs = json.loads(args.backbone_kwargs)
 
+    from nni_sparsemask import malloc
+
+    allocator = malloc.tune()  # as the sparsemask commands time networks (NNI_SPARSEMASK_MALLOC=default: glibc's)
     torch.manual_seed(0)
     started = time.time()
     conns = networks(args.backbone, kwargs, args.random, args.seed)
@@ -120,8 +123,8 @@ def main(argv=None) -> dict:
     if args.rounds >= 2:  # the noise ceiling: how well one half of the passes ranks the networks like the other
         rho["repeat"] = spearman([min(passes[n][0::2]) for n in nets], [min(passes[n][1::2]) for n in nets])
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"{latency.key.device}, {latency.key.threads} threads, torch {torch.__version__}, load average "
-          f"{load[0]:.1f} at the end" if load else "")
+    print(f"{latency.key.device}, {latency.key.threads} threads, torch {torch.__version__}, malloc {allocator}"
+          + (f", load average {load[0]:.1f} at the end" if load else ""))
     print(f"{args.backbone} {kwargs}, C_dec {args.decoder_channels}, {args.num_classes} classes, {args.size}x"
           f"{args.size}, batch 1, deployment form; table: {args.op_seconds}s per operation ({profiled:.0f}s with "
           f"building); networks: best of {args.rounds} interleaved passes of {args.seconds}s (median per pass)")
@@ -135,6 +138,7 @@ def main(argv=None) -> dict:
     if "repeat" in rho:
         print(f"Noise ceiling, the best of the odd passes vs the best of the even passes: {rho['repeat']:.3f}")
     result = {"device": latency.key.device, "threads": latency.key.threads, "torch": torch.__version__,
+              "malloc": allocator,
               "setting": {**space, "size": args.size}, "rounds": args.rounds, "seconds": args.seconds, "passes_s": passes,
               "op_seconds": args.op_seconds, "rows": rows, "spearman": rho, "load_average": load,
               "table_primitives": latency.primitives}

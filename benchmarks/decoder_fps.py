@@ -214,6 +214,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--ort-graph", action="store_true",
                     help="print each exported graph's node types before and after ONNX Runtime's CPU optimisations")
     args = ap.parse_args(argv)
+    from nni_sparsemask import malloc
+
+    print(f"malloc: {malloc.tune()}")  # as the sparsemask commands time networks (NNI_SPARSEMASK_MALLOC=default)
     if args.json and Path(args.json).exists():
         raise SystemExit(f"{args.json} exists: pass another --json path (results are never overwritten)")
     for flag, value in (("--size", args.size), ("--rounds", args.rounds), ("--decoder-channels", args.decoder_channels),
@@ -296,6 +299,7 @@ def main(argv=None) -> dict:
         for name, g in graphs.items():
             print(f"| {name} | {graph_row(g)} |")
     result = {"device": any_r.device, "size": args.size, "threads": any_r.num_threads,
+              "malloc": malloc.state(),
               "decoder_channels": args.decoder_channels, "forms": forms, "rows": rows, "passes": passes,
               "costs": cost_rows, "onnxruntime": {"provider": provider, "max_abs_diff": agreement} if ort_nets else None,
               "ort_graph": graphs or None}

@@ -71,8 +71,11 @@ def machine(device: str) -> dict[str, Any]:
     """What the numbers were measured on: the CPU model, torch's threads, torch's version, the timing device."""
     from nni_sparsemask.measure.latency import device_name
 
+    from nni_sparsemask import malloc
+
     return {"cpu": device_name("cpu").split(":", 1)[1], "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "device": device_name(device)}
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "device": device_name(device),
+            "malloc": malloc.state()}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -87,6 +90,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from nni_sparsemask import malloc
     from nni_sparsemask.measure.params import count_parameters
     from nni_sparsemask.run.demo import ratio_over_passes, time_side_by_side
     from nni_sparsemask.run.pipeline import default_device
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true",
                     help=f"smoke run: size {QUICK['size']}, {QUICK['passes']} pass, {QUICK['seconds']} s (unless given)")
     args = ap.parse_args(argv)
+    malloc.tune()  # as the sparsemask commands time networks (NNI_SPARSEMASK_MALLOC=default: glibc's)
     base = QUICK if args.quick else FULL
     size, passes, seconds = (base[k] if getattr(args, k) is None else getattr(args, k) for k in base)
     if size < 32 or passes < 1 or seconds <= 0:
