@@ -261,3 +261,40 @@ def test_the_demo_refuses_an_unreachable_target_before_pretraining_or_writing(tm
     assert main(argv) == 2
     assert "--speedup 50 is not below what the fastest decoder of this space reaches" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "cache" / "backbones").exists()
+
+
+def _searched(weights_d1):
+    """A 'searched' FDN connectivity of MODEL's space: D1 <- its candidates with ``weights_d1`` (E1..E5, D2..D5,
+    G), every other stage off."""
+    from nni_sparsemask.fdn.connectivity import candidate_names
+    from nni_sparsemask.fdn.space import FDNSpace
+
+    space = FDNSpace(MODEL.backbone, num_classes=DATA.num_classes, decoder_channels=MODEL.decoder_channels,
+                     backbone_kwargs=MODEL.backbone_kwargs)
+    names = candidate_names(1, 5)
+    weights = {f"D{l}": [0.0] * len(candidate_names(l, 5)) for l in range(1, 6)}
+    weights["D1"] = [weights_d1.get(n, 0.0) for n in names]
+    return space, space.connectivity_from_weights(weights)
+
+
+def test_fit_budget_drops_the_least_certain_kept_edges_until_the_decoder_fits():
+    from nni_sparsemask.run.costaware import fit_budget, space_table
+
+    space, full = _searched({"E2": 0.9, "E4": 0.003, "E1": 0.002, "G": 0.4})
+    table = space_table(space, "flops", 32, "cpu")
+    cost = lambda conn: table.predict(conn, include_base=False)  # noqa: E731
+    at_sigma = full.prune(1e-3)
+    assert len(at_sigma.edges) == 4
+    lines = []
+    # a budget the sigma-pruned decoder meets: nothing changes
+    conn, raised = fit_budget(full, 1e-3, table, cost(at_sigma), lines.append)
+    assert raised is None and len(conn.edges) == 4 and not lines
+    # a budget only the two surest edges meet: E1 (w 0.002) and E4 (0.003) go, in that order, and no more
+    two = full.prune(0.1)
+    conn, raised = fit_budget(full, 1e-3, table, cost(two), lines.append)
+    assert {(e.target, e.source) for e in conn.edges} == {("D1", "E2"), ("D1", "G")}
+    assert 0.003 < raised < 0.4 and cost(conn) <= cost(two)
+    assert "threshold raised to" in lines[-1] and "D1 <- E1 (w 0.002)" in lines[-1] and "D1 <- E4" in lines[-1]
+    # a budget below any decoder that reaches the head: kept as pruned at sigma, and said
+    conn, raised = fit_budget(full, 1e-3, table, 0.0, lines.append)
+    assert raised is None and len(conn.edges) == 4 and "no higher threshold fits" in lines[-1]
