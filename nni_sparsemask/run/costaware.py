@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 from nni_sparsemask.fdn.costmodel import dense_cost, expected_cost
 from nni_sparsemask.run.config import SearchConfig
 
-__all__ = ["CostTerm", "cost_term", "space_table", "budget_summary", "profile_model", "fit_budget"]
+__all__ = ["CostTerm", "cost_term", "space_table", "budget_summary", "profile_model"]
 
 
 @dataclass
@@ -112,44 +112,6 @@ def cost_term(schedule: SearchConfig, space: Any, device: str, log: Callable[[st
                "predicted": predicted, "table_key": table.key.digest(), "cost_size": schedule.cost_size}
     fn = functools.partial(expected_cost, table=table.costs)
     return CostTerm(fn, budget, schedule.cost_weight, table, summary)
-
-
-def fit_budget(full: Any, threshold: float, table: Any, budget: float,
-               log: Callable[[str], None] = print) -> tuple[Any, Optional[float]]:
-    """The searched connectivity within the decoder ``budget``: ``full`` (every edge with its final w) pruned at
-    ``threshold`` (sigma), or, when the table puts that decoder over budget, at the lowest higher threshold whose
-    decoder fits: the kept edges go in the order of their w, the least certain first. Returns ``(connectivity,
-    raised threshold or None)``; when no threshold fits (the output stage would lose its last input first), the
-    sigma-pruned decoder with None, and the log says so.
-
-    The cost term is a penalty: a search can end with a kept edge the hinge is still pushing down (the demo at
-    C_dec 96 ended with ``D1 <- E4`` at w = 0.003, above sigma, its decoder over budget). Such an edge weighs next
-    to nothing in the sum it feeds, and it costs a whole 1x1 convolution and upsampling."""
-    import math
-
-    pruned = full.prune(threshold)
-    cost = table.predict(pruned, include_base=False)
-    if cost <= budget:
-        return pruned, None
-    for w in sorted({e.weight for e in pruned.edges}):
-        raised = math.nextafter(w, 1.0)
-        if raised >= 1.0:
-            break
-        try:
-            candidate = full.prune(raised)
-        except ValueError:  # the output stage would lose its last input
-            break
-        fitted = table.predict(candidate, include_base=False)
-        if fitted <= budget:
-            dropped = sorted(f"{e.target} <- {e.source} (w {e.weight:.3g})" for e in pruned.edges
-                             if e.weight < raised)
-            log(f"[search] the decoder kept at sigma {threshold:g} is over its budget ({cost:.4g} > {budget:.4g} "
-                f"{table.costs.unit}): threshold raised to {raised:.4g}, dropping {', '.join(dropped)} "
-                f"({fitted:.4g} {table.costs.unit})")
-            return candidate, raised
-    log(f"[search] the decoder kept at sigma {threshold:g} is over its budget ({cost:.4g} > {budget:.4g} "
-        f"{table.costs.unit}) and no higher threshold fits it without cutting the output stage off; kept as is")
-    return pruned, None
 
 
 def profile_model(model: Any, num_classes: int, kind: str, size: int, device: str, out: Optional[str] = None, *,

@@ -164,10 +164,6 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
     full = space.connectivity_from_weights(strat.weights(), None, strat.history(), meta)
     full.to_json(run.file("connectivity_full.json"), overwrite=True)
     conn = strat.connectivity()
-    raised = None
-    if term is not None:  # the budget is a constraint: edges the hinge was still pushing down go
-        from nni_sparsemask.run.costaware import fit_budget
-        conn, raised = fit_budget(full, strat.config.threshold, term.table, term.budget, log)
     conn.meta = dict(conn.meta, **meta)
     gap = strat.binarization()["overall"]
     summary = {"method": strategy, "params": params, "edges": conn.num_edges, "stages": len(conn.stages()),
@@ -175,7 +171,7 @@ def _search_oneshot(run: RunDir, strategy: str, params: dict[str, Any], data: Da
                "search_seconds": time.time() - t0}
     if term is not None:
         summary["cost"] = dict(term.summary, expected_decoder_cost=strat.expected_cost(),
-                               searched=term.table.predict(conn, include_base=True), threshold_raised_to=raised)
+                               searched=term.table.predict(conn, include_base=True))
         speedup = term.summary["predicted"]["dense"] / summary["cost"]["searched"]
         summary["cost"]["searched_speedup"] = speedup
         if schedule.cost == "latency":
