@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"channels_last); {passes} round-robin pass(es) of {seconds:g} s per network: FPS of the best pass, "
           f"FPS / dense FDN the median (min-max) of the ratio within each pass. Paper: Titan Xp, 512x512.")
     print(f"machine: timing device {where['device']}; CPU {where['cpu']} ({where['cpu_count']} CPUs), {where['threads']} torch "
-          f"threads, torch {where['torch']}")
+          f"threads, torch {where['torch']}, malloc {where['malloc']}")
     print(table(rows))
     result = {"setting": {"backbone": BACKBONE, "width_mult": 1.0, "size": size, "batch": 1,
                           "decoder_channels": args.decoder_channels, "num_classes": 21, "passes": passes,
