@@ -170,8 +170,8 @@ def test_strategy_arguments_are_validated():
                                                                                  "seed": 0}
     assert validate_strategy_args("l1", {"lambda_sparse": 5e-3}, fill_defaults=False) == {"lambda_sparse": 5e-3}
     with pytest.raises(ValueError, match=r"'sparsemask' does not accept 'k' \(it belongs to maskconnect\); "
-                                         r"it accepts: arc_warmup_epochs, budget, cost, cost_weight, lambda_sparse, seed, "
-                                         r"speedup, target_fps, threshold"):
+                                         r"it accepts: arc_warmup_epochs, budget, cost, cost_weight, lambda_sparse, "
+                                         r"seed, speedup, target_fps, threshold"):
         validate_strategy_args("sparsemask", {"k": 3})
     with pytest.raises(ValueError, match=r"'maskconnect' does not accept 'lambda_sparse' \(it belongs to l1, "
                                          r"sparsemask\)"):

@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = "nni_sparsemask"
 SOURCES = {PKG: ROOT / PKG, f"{PKG}.baselines": ROOT / "baselines", f"{PKG}.analysis": ROOT / "analysis"}
 
-#: layer -> the layers it may import (itself always allowed); "base" is seeding, the checkpoint file checks, malloc and the
-#: compat shim
+#: layer -> the layers it may import (itself always allowed); "base" is seeding, the checkpoint file checks,
+#: malloc and the compat shim
 ALLOWED = {
     "base": set(),
     "nas": {"base"},

@@ -108,8 +108,8 @@ def add_arc(p: argparse.ArgumentParser, defaults: Any) -> None:
 
 
 def add_cost(p: argparse.ArgumentParser, defaults: Any, size: bool = True) -> None:
-    """The cost-aware search: ``--cost``, ``--target-fps``, ``--budget``, ``--speedup``, ``--cost-weight`` (and ``--cost-size``,
-    ``--cost-table`` when ``size``)."""
+    """The cost-aware search: ``--cost``, ``--target-fps``, ``--budget``, ``--speedup``, ``--cost-weight`` (and
+    ``--cost-size``, ``--cost-table`` when ``size``)."""
     c = configs()
     p.add_argument("--cost", choices=c.COSTS, default=defaults.cost,
                    help="cost-aware search: latency (timed here), bytes or flops (counted); None: the paper's loss")
